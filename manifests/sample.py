@@ -1,0 +1,213 @@
+"""The sample format: what one pair looks like inside a WebDataset shard.
+
+A sample is a group of tar members sharing one key (the text before the first dot):
+
+    <key>.target.jpg         target image (the one the trainer masks), RGB JPEG, S x S
+    <key>.reference.jpg      reference image, RGB JPEG, S x S
+    <key>.target.mask.png    silhouette of the target, 8-bit single channel, person = 255
+    <key>.reference.mask.png silhouette of the reference, same convention
+    <key>.target.depth.png   (optional) 16-bit depth in millimetres, 0 = no surface
+    <key>.reference.depth.png(optional) same for the reference
+    <key>.json               metadata: every manifest column plus per-image extras
+                             (2D keypoints in crop pixels, camera, body parameters)
+
+Keys contain no dots and are deterministic: ``<source>-<shard:06d>-<index:06d>``.
+``webdataset.WebDataset(urls).decode("rgb")`` decodes every image member by its last extension.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+# Member suffixes (what follows "<key>."), one constant per member.
+TARGET_JPG = "target.jpg"
+REFERENCE_JPG = "reference.jpg"
+TARGET_MASK = "target.mask.png"
+REFERENCE_MASK = "reference.mask.png"
+TARGET_DEPTH = "target.depth.png"
+REFERENCE_DEPTH = "reference.depth.png"
+META_JSON = "json"
+
+REQUIRED_SUFFIXES = (TARGET_JPG, REFERENCE_JPG, TARGET_MASK, REFERENCE_MASK, META_JSON)
+OPTIONAL_SUFFIXES = (TARGET_DEPTH, REFERENCE_DEPTH)
+ALL_SUFFIXES = REQUIRED_SUFFIXES + OPTIONAL_SUFFIXES
+
+KINDS = ("cross_view", "cross_pose")
+KEY_RE = re.compile(r"^[a-z0-9_]+-\d{6}-\d{6}$")
+SOURCE_RE = re.compile(r"^[a-z0-9_]+$")
+
+# COCO-17 keypoint order, used for every "keypoints" entry in the JSON.
+COCO17 = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
+    "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle",
+)
+
+
+def sample_key(source: str, shard: int, index: int) -> str:
+    """Deterministic, dot-free key of the ``index``-th sample of shard ``shard``."""
+    if not SOURCE_RE.match(source):
+        raise ValueError(f"source name {source!r} must match {SOURCE_RE.pattern}")
+    return f"{source}-{shard:06d}-{index:06d}"
+
+
+@dataclass
+class Sample:
+    """One decoded pair. Images are HxWx3 uint8 RGB; masks HxW uint8 (0/255); depth HxW uint16 mm."""
+
+    key: str
+    target: np.ndarray
+    reference: np.ndarray
+    target_mask: np.ndarray
+    reference_mask: np.ndarray
+    meta: dict
+    target_depth: np.ndarray | None = None
+    reference_depth: np.ndarray | None = None
+
+
+def encode_png(array: np.ndarray, level: int = 1) -> bytes:
+    """PNG bytes of a uint8 (HxW or HxWx3 RGB) or uint16 (HxW) array."""
+    import cv2
+
+    if array.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"PNG needs uint8 or uint16, got {array.dtype}")
+    if array.ndim == 3:
+        array = np.ascontiguousarray(array[..., ::-1])  # RGB -> BGR for OpenCV
+    ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, level])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
+    """JPEG bytes of an HxWx3 uint8 RGB image (4:2:0, deterministic for equal input)."""
+    import simplejpeg
+
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"JPEG needs HxWx3 uint8, got {rgb.dtype} {rgb.shape}")
+    return simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=quality, colorspace="RGB")
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """HxWx3 uint8 RGB from JPEG bytes (raises ValueError on corrupt data)."""
+    import simplejpeg
+
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB")
+    except Exception as exc:  # simplejpeg raises plain ValueError/RuntimeError variants
+        raise ValueError(f"corrupt JPEG: {exc}") from exc
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """Array from PNG bytes, keeping bit depth (uint8 or uint16) and channels (RGB order)."""
+    import cv2
+
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise ValueError("corrupt PNG")
+    if arr.ndim == 3:
+        arr = arr[..., ::-1].copy()
+    return arr
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def encode_meta(meta: Mapping[str, Any]) -> bytes:
+    """Canonical JSON bytes (sorted keys, no whitespace) so equal metadata gives equal bytes."""
+    return json.dumps(meta, sort_keys=True, separators=(",", ":"), default=_json_default).encode()
+
+
+def encode_sample(
+    key: str,
+    target_jpg: bytes,
+    reference_jpg: bytes,
+    target_mask: np.ndarray,
+    reference_mask: np.ndarray,
+    meta: Mapping[str, Any],
+    target_depth: np.ndarray | None = None,
+    reference_depth: np.ndarray | None = None,
+) -> dict[str, bytes]:
+    """Tar members of one sample, as ``{suffix: bytes}`` (already-encoded JPEGs are passed through)."""
+    if not KEY_RE.match(key):
+        raise ValueError(f"bad sample key {key!r}")
+    for name, mask in (("target", target_mask), ("reference", reference_mask)):
+        if mask.dtype != np.uint8 or mask.ndim != 2:
+            raise ValueError(f"{name} silhouette must be HxW uint8, got {mask.dtype} {mask.shape}")
+    members = {
+        TARGET_JPG: target_jpg,
+        REFERENCE_JPG: reference_jpg,
+        TARGET_MASK: encode_png(target_mask),
+        REFERENCE_MASK: encode_png(reference_mask),
+        META_JSON: encode_meta(meta),
+    }
+    if target_depth is not None:
+        members[TARGET_DEPTH] = encode_png(target_depth.astype(np.uint16))
+    if reference_depth is not None:
+        members[REFERENCE_DEPTH] = encode_png(reference_depth.astype(np.uint16))
+    return members
+
+
+def decode_sample(key: str, members: Mapping[str, bytes]) -> Sample:
+    """Decode the members of one sample; raises ValueError naming what is missing or corrupt."""
+    missing = [s for s in REQUIRED_SUFFIXES if s not in members]
+    if missing:
+        raise ValueError(f"sample {key}: missing members {missing}")
+    target = decode_jpeg(members[TARGET_JPG])
+    reference = decode_jpeg(members[REFERENCE_JPG])
+    tmask = decode_png(members[TARGET_MASK])
+    rmask = decode_png(members[REFERENCE_MASK])
+    if tmask.shape != target.shape[:2] or rmask.shape != reference.shape[:2]:
+        raise ValueError(f"sample {key}: silhouette size differs from its image")
+    try:
+        meta = json.loads(members[META_JSON])
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"sample {key}: corrupt JSON: {exc}") from exc
+    tdepth = decode_png(members[TARGET_DEPTH]) if TARGET_DEPTH in members else None
+    rdepth = decode_png(members[REFERENCE_DEPTH]) if REFERENCE_DEPTH in members else None
+    return Sample(key, target, reference, tmask, rmask, meta, tdepth, rdepth)
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """``"a-000000-000001.target.jpg" -> ("a-000000-000001", "target.jpg")`` (webdataset's rule)."""
+    base = name.rsplit("/", 1)[-1]
+    key, _, suffix = base.partition(".")
+    return key, suffix
+
+
+def read_png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG header without decoding."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def iter_tar_samples(fileobj: io.BufferedIOBase | str):
+    """Yield ``(key, {suffix: bytes})`` from a shard, grouping adjacent members (as webdataset does)."""
+    import tarfile
+
+    with tarfile.open(fileobj, "r|") if isinstance(fileobj, str) else tarfile.open(fileobj=fileobj, mode="r|") as tar:
+        current, members = None, {}
+        for info in tar:
+            if not info.isfile():
+                continue
+            key, suffix = split_member_name(info.name)
+            if key != current and current is not None:
+                yield current, members
+                members = {}
+            current = key
+            members[suffix] = tar.extractfile(info).read()
+        if current is not None:
+            yield current, members
