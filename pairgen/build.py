@@ -1,0 +1,120 @@
+"""The build driver: validate, plan, skip finished shards, distribute, record failures.
+
+    source.plan() -> [ShardTask] -> distributor -> (worker: source.build -> encode -> write_shard)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+from manifests import layout
+from manifests.sample import sample_key
+from pairgen.config import BuildConfig
+from pairgen.encode import encode_pair
+from pairgen.sources import make_source
+from pairgen.sources.base import ShardTask, SourceWorker
+from pairgen.writer import clean_partials, remove_unfinished, write_shard
+
+
+class BuildError(Exception):
+    """Bad input or a refused output directory (reported as one line, exit code 2)."""
+
+
+def _ours(name: str) -> bool:
+    if name in (layout.MANIFEST_DIR, layout.STATS_DIR, layout.TMP_DIR):
+        return True
+    stem = name.rsplit(".", 1)[0]
+    return (name.endswith(".tar") and layout.SHARD_RE.match(stem) is not None) or \
+        name.startswith(("build-", "failures-")) and name.endswith(".json")
+
+
+def prepare_output(config: BuildConfig) -> Path:
+    """Check OUT is ours (or empty) and writable, and that a resumed build has the same settings."""
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"--out {out}: exists and is not a directory")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if not _ours(p.name))
+        if foreign:
+            raise BuildError(f"--out {out}: not empty and not a pairgen output (found {', '.join(foreign[:3])})")
+        cfg_file = layout.config_path(out, config.source)
+        if cfg_file.exists():
+            try:
+                previous = BuildConfig.from_json(json.loads(cfg_file.read_text())).output_identity()
+            except (json.JSONDecodeError, TypeError) as exc:
+                raise BuildError(f"{cfg_file}: unreadable build config ({exc})") from exc
+            current = config.output_identity()
+            diff = sorted(k for k in current if previous.get(k) != current[k])
+            if diff:
+                raise BuildError(f"--out {out} holds a {config.source} build with other settings ({', '.join(diff)}); "
+                                 "use the same settings to resume or a new --out")
+    probe = out if out.is_dir() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK):
+        raise BuildError(f"--out {out}: not writable")
+    return out
+
+
+def build_shard(worker: SourceWorker, task: ShardTask, config: BuildConfig) -> dict:
+    """Run one shard end to end inside a worker; returns its stats."""
+    t0 = time.time()
+    result = worker.build(task)
+    name = layout.shard_name(task.source, task.index)
+    samples, rows = [], []
+    for i, record in enumerate(result.pairs):
+        key = sample_key(task.source, task.index, i)
+        members, row = encode_pair(record, key, name, config.jpeg_quality)
+        samples.append((key, members))
+        rows.append(row)
+    kinds = Counter(r["kind"] for r in rows)
+    stats = {
+        "source": task.source, "index": task.index, "planned": task.planned, "seed": config.seed,
+        "kinds": dict(sorted(kinds.items())), "skipped": result.skipped, "skipped_units": result.skipped_units,
+        "build_s": round(time.time() - t0, 4), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    return write_shard(Path(config.out), name, samples, rows, stats)
+
+
+def run_build(config: BuildConfig, progress: bool = True) -> dict:
+    """Build (or resume) everything; returns a summary. Raises BuildError on bad input."""
+    try:
+        config.validate()
+        source = make_source(config)
+        source.check()
+    except ValueError as exc:
+        raise BuildError(str(exc)) from exc
+    out = prepare_output(config)
+    tasks = source.plan()
+    if not tasks:
+        raise BuildError(f"source {config.source}: nothing to build (no pairs could be planned)")
+    out.mkdir(parents=True, exist_ok=True)
+    layout.write_json_atomic(layout.config_path(out, config.source), config.to_json())
+    clean_partials(out)
+    names = [layout.shard_name(t.source, t.index) for t in tasks]
+    remove_unfinished(out, names)
+    done = set(layout.finished_shards(out))
+    todo = [t for t, n in zip(tasks, names) if n not in done]
+
+    from pairgen.distribute import run_tasks
+
+    t0 = time.time()
+    results, failures = run_tasks(todo, config, total_pairs=sum(t.planned for t in tasks),
+                                  done_pairs=sum(t.planned for t, n in zip(tasks, names) if n in done),
+                                  progress=progress)
+    elapsed = time.time() - t0
+    fail_file = layout.failures_path(out, config.source)
+    if failures:
+        layout.write_json_atomic(fail_file, {"failed": failures})
+    else:
+        fail_file.unlink(missing_ok=True)
+    built = sum(r["count"] for r in results)
+    skipped = Counter()
+    for r in results:
+        skipped.update(r.get("skipped", {}))
+    return {"shards_total": len(tasks), "shards_skipped_finished": len(tasks) - len(todo),
+            "shards_built": len(results), "shards_failed": [f["shard"] for f in failures],
+            "failures": failures, "pairs_built": built, "seconds": round(elapsed, 2),
+            "pairs_per_s": round(built / elapsed, 2) if elapsed > 0 else None, "skipped": dict(skipped)}

@@ -1,0 +1,151 @@
+"""`pairgen` command line: build, sources, verify, stats, preview."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+
+from pairgen.config import KINDS, BuildConfig
+
+EXIT_BAD_INPUT = 2
+
+
+def _error(msg: str) -> int:
+    print(f"pairgen: error: {msg}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip().replace("-", "_") for k in text.split(",") if k.strip())
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise argparse.ArgumentTypeError(f"takes a comma list of {', '.join(KINDS)}")
+    return kinds
+
+
+def _add_build(sub) -> None:
+    d = BuildConfig()
+    p = sub.add_parser("build", help="build pair shards from a source",
+                       description="Build WebDataset shards of cross-view / cross-pose pairs, with Parquet "
+                                   "manifests. Re-running the same command resumes an interrupted build.")
+    p.add_argument("--source", default=d.source, help="source name (see `pairgen sources`) [%(default)s]")
+    p.add_argument("--out", required=True, help="output directory (created; must be empty or a pairgen output)")
+    p.add_argument("--root", default=None, help="dataset root (real sources)")
+    p.add_argument("--num-pairs", type=int, default=d.num_pairs, help="pairs to build [%(default)s]")
+    p.add_argument("--seed", type=int, default=d.seed, help="same seed -> same pairs and bytes [%(default)s]")
+    p.add_argument("--workers", type=int, default=d.workers, help="Ray workers (0 = number of cores) [%(default)s]")
+    p.add_argument("--local", action="store_true", help="run in this process, without Ray (debugging)")
+    p.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="side of the square crops [%(default)s]")
+    p.add_argument("--shard-size", type=int, default=d.shard_size, help="pairs per shard [%(default)s]")
+    p.add_argument("--kinds", type=_kinds, default=d.kinds, help="cross_view,cross_pose [both]")
+    p.add_argument("--cross-view-fraction", type=float, default=d.cross_view_fraction,
+                   help="share of cross-view pairs when both kinds are built [%(default)s]")
+    p.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="[%(default)s]")
+    p.add_argument("--retries", type=int, default=d.retries, help="extra attempts per failed shard [%(default)s]")
+    p.add_argument("--split", default=None, help="keep only this dataset split (real sources)")
+    g = p.add_argument_group("synthetic source")
+    g.add_argument("--body", default=d.body, choices=("anny", "smpl"), help="body model [%(default)s]")
+    g.add_argument("--smpl-model", default=None, help="SMPL-format .pkl (your licensed file) for --body smpl")
+    g.add_argument("--motions", default=None, help="directory of AMASS .npz motions (needs --body smpl)")
+    g.add_argument("--backgrounds", default=None, help="directory of background images (default: procedural)")
+    g.add_argument("--min-gap-s", type=float, default=d.min_gap_s, help="cross-pose gap range [%(default)s]")
+    g.add_argument("--max-gap-s", type=float, default=d.max_gap_s, help="[%(default)s]")
+    g.add_argument("--min-azimuth-deg", type=float, default=d.min_azimuth_deg, help="cross-view azimuth range [%(default)s]")
+    g.add_argument("--max-azimuth-deg", type=float, default=d.max_azimuth_deg, help="[%(default)s]")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_build(args) -> int:
+    from pairgen.build import BuildError, run_build
+
+    names = {f.name for f in fields(BuildConfig)}
+    cfg = BuildConfig(**{k: v for k, v in vars(args).items() if k in names})
+    try:
+        summary = run_build(cfg, progress=not args.quiet)
+    except BuildError as exc:
+        return _error(str(exc))
+    print(f"built {summary['pairs_built']} pairs in {summary['shards_built']} shards "
+          f"({summary['shards_skipped_finished']} already finished) in {summary['seconds']} s"
+          f" -> {cfg.out}")
+    if summary["skipped"]:
+        print("skipped: " + ", ".join(f"{k}: {v}" for k, v in sorted(summary["skipped"].items())))
+    if summary["shards_failed"]:
+        print(f"FAILED shards ({len(summary['shards_failed'])}): {', '.join(summary['shards_failed'])}; "
+              f"details in {cfg.out}/failures-{cfg.source}.json; re-run the same command to resume",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_sources(args) -> int:
+    from pairgen.sources import REGISTRY, source_class
+
+    for name in sorted(REGISTRY):
+        cls = source_class(name)
+        print(f"{name}\n  {cls.summary}\n  needs: {cls.needs}")
+        if cls.layout:
+            print("  layout:\n" + "\n".join("    " + line for line in cls.layout.strip().splitlines()))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from pairgen.verify import verify
+
+    report = verify(args.dir)
+    for line in report["problems"][:50]:
+        print(f"problem: {line}")
+    print(json.dumps({k: v for k, v in report.items() if k != "problems"}, indent=None))
+    if not report["ok"]:
+        print(f"verify FAILED: {len(report['problems'])} problems", file=sys.stderr)
+        return 1
+    print("verify OK")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from pairgen.stats import stats
+
+    try:
+        print(stats(args.dir, plot=args.plot))
+    except ValueError as exc:
+        return _error(str(exc))
+    return 0
+
+
+def cmd_preview(args) -> int:
+    from pairgen.preview import preview
+
+    try:
+        n = preview(args.dir, args.out, num=args.num, seed=args.seed)
+    except ValueError as exc:
+        return _error(str(exc))
+    print(f"wrote {args.out} ({n} pairs)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pairgen", description="Cross-view / cross-pose human pair generator")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_build(sub)
+    sub.add_parser("sources", help="list the sources and what each needs")
+    p = sub.add_parser("verify", help="check every shard, sample, manifest row and stats file")
+    p.add_argument("dir")
+    p = sub.add_parser("stats", help="counts per source/kind and distributions")
+    p.add_argument("dir")
+    p.add_argument("--plot", default=None, help="write histograms to this PNG")
+    p = sub.add_parser("preview", help="contact sheet of pairs with silhouettes overlaid")
+    p.add_argument("dir")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--num", type=int, default=16, help="pairs to show [%(default)s]")
+    p.add_argument("--seed", type=int, default=0, help="which pairs are drawn [%(default)s]")
+    args = parser.parse_args(argv)
+    handler = {"build": cmd_build, "sources": cmd_sources, "verify": cmd_verify, "stats": cmd_stats,
+               "preview": cmd_preview}[args.command]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Build configuration: one dataclass, CLI flags map 1:1, saved resolved next to the shards."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+KINDS = ("cross_view", "cross_pose")
+
+
+@dataclass
+class BuildConfig:
+    source: str = "synthetic"  # which source to build (see `pairgen sources`)
+    out: str = "shards"  # output directory
+    root: str | None = None  # dataset root (real sources)
+    num_pairs: int = 1000  # pairs to build (synthetic: exact; real sources: at most)
+    seed: int = 0  # same seed -> same pairs, same bytes
+    workers: int = 0  # Ray workers (0 = as many as cores); see `local`
+    local: bool = False  # run in this process without Ray (debugging)
+    ray_address: str | None = None  # join an existing Ray cluster instead of starting one
+    image_size: int = 256  # side of the square crops
+    shard_size: int = 500  # pairs per shard
+    kinds: tuple[str, ...] = KINDS  # which pair kinds to build
+    cross_view_fraction: float = 0.5  # share of cross-view pairs when both kinds are built
+    jpeg_quality: int = 95
+    retries: int = 2  # extra attempts for a failed shard before it is recorded as failed
+    split: str | None = None  # keep only this dataset split (real sources)
+    # synthetic source
+    body: str = "anny"  # anny | smpl
+    smpl_model: str | None = None  # SMPL-format .pkl for --body smpl (the user's licensed file)
+    motions: str | None = None  # directory of AMASS .npz motions (with --body smpl)
+    backgrounds: str | None = None  # directory of background images (default: procedural)
+    min_gap_s: float = 0.25  # cross-pose time gap range (seconds)
+    max_gap_s: float = 1.5
+    min_azimuth_deg: float = 0.0  # cross-view azimuth difference range (degrees)
+    max_azimuth_deg: float = 180.0
+
+    # Fields that change the pairs; a resumed build must match them.
+    OUTPUT_FIELDS = ("source", "root", "num_pairs", "seed", "image_size", "shard_size", "kinds",
+                     "cross_view_fraction", "jpeg_quality", "split", "body", "smpl_model", "motions",
+                     "backgrounds", "min_gap_s", "max_gap_s", "min_azimuth_deg", "max_azimuth_deg")
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line message for any bad setting."""
+        if self.num_pairs < 1:
+            raise ValueError(f"--num-pairs must be >= 1 (got {self.num_pairs})")
+        if self.shard_size < 1:
+            raise ValueError(f"--shard-size must be >= 1 (got {self.shard_size})")
+        if self.image_size < 32 or self.image_size % 16:
+            raise ValueError(f"--image-size must be a multiple of 16 and >= 32 (got {self.image_size})")
+        if self.workers < 0:
+            raise ValueError(f"--workers must be >= 0 (got {self.workers})")
+        bad = [k for k in self.kinds if k not in KINDS]
+        if bad or not self.kinds:
+            raise ValueError(f"--kinds takes {', '.join(KINDS)} (got {', '.join(self.kinds) or 'nothing'})")
+        if not 0.0 <= self.cross_view_fraction <= 1.0:
+            raise ValueError("--cross-view-fraction must be in [0, 1]")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError("--jpeg-quality must be in [1, 100]")
+        if not 0 < self.min_gap_s <= self.max_gap_s:
+            raise ValueError("need 0 < --min-gap-s <= --max-gap-s")
+        if not 0 <= self.min_azimuth_deg <= self.max_azimuth_deg <= 180:
+            raise ValueError("need 0 <= --min-azimuth-deg <= --max-azimuth-deg <= 180")
+        if self.body not in ("anny", "smpl"):
+            raise ValueError(f"--body takes anny or smpl (got {self.body})")
+        if self.body == "smpl" and not self.smpl_model:
+            raise ValueError("--body smpl needs --smpl-model FILE (your licensed SMPL .pkl)")
+        if self.smpl_model and not Path(self.smpl_model).is_file():
+            raise ValueError(f"--smpl-model {self.smpl_model}: no such file")
+        if self.motions and self.body != "smpl":
+            raise ValueError("--motions (AMASS, SMPL poses) needs --body smpl")
+        if self.motions and not Path(self.motions).is_dir():
+            raise ValueError(f"--motions {self.motions}: not a directory")
+
+    def resolved_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["kinds"] = list(self.kinds)
+        return d
+
+    def output_identity(self) -> dict:
+        d = self.to_json()
+        return {k: d[k] for k in self.OUTPUT_FIELDS}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "BuildConfig":
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        if "kinds" in kw:
+            kw["kinds"] = tuple(kw["kinds"])
+        return cls(**kw)

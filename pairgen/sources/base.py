@@ -1,0 +1,52 @@
+"""The source interface: every dataset (and the synthetic renderer) is one module implementing it.
+
+The driver calls :meth:`Source.plan` once (cheap, deterministic given the config: it lists work
+units and mines pairs), then each worker builds a :class:`SourceWorker` once (expensive state:
+body model, renderer, decoders) and calls :meth:`SourceWorker.build` per shard task. Readers never
+write: the encoder and writer turn what ``build`` returns into shards.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from pairgen.config import BuildConfig
+from pairgen.record import ShardResult
+
+
+@dataclass
+class ShardTask:
+    """One shard's worth of work; ``payload`` is plain data (picklable, JSON-able)."""
+
+    source: str
+    index: int
+    planned: int  # pairs planned for this shard
+    payload: dict = field(default_factory=dict)
+
+
+class SourceWorker(ABC):
+    @abstractmethod
+    def build(self, task: ShardTask) -> ShardResult:
+        """Build the pairs of one shard, deterministically from the task alone."""
+
+
+class Source(ABC):
+    name: str = ""
+    summary: str = ""  # one line for `pairgen sources`
+    needs: str = ""  # what the user must provide
+    layout: str = ""  # expected root layout (real sources)
+
+    def __init__(self, config: BuildConfig):
+        self.config = config
+
+    def check(self) -> None:
+        """Validate inputs before any work starts (raise ValueError with a one-line message)."""
+
+    @abstractmethod
+    def plan(self) -> list[ShardTask]:
+        """All shard tasks of this build, in shard order."""
+
+    @abstractmethod
+    def make_worker(self) -> SourceWorker:
+        """Per-worker state, built once per worker process."""

@@ -1,0 +1,84 @@
+"""`pairgen stats DIR`: counts per source and kind, distributions of human fraction, time gap and
+view angle, skipped units per reason; ``--plot FILE.png`` draws the histograms."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from manifests import layout
+
+
+def load_manifest(directory: str) -> pd.DataFrame:
+    out = Path(directory)
+    files = [layout.manifest_path(out, n) for n in layout.finished_shards(out)]
+    files = [f for f in files if f.exists()]
+    if not files:
+        raise ValueError(f"{directory}: no finished shards with manifests")
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def _describe(s: pd.Series) -> str:
+    s = s.dropna()
+    if s.empty:
+        return "n/a"
+    q = np.percentile(s, [0, 25, 50, 75, 100])
+    return f"n={len(s)} min={q[0]:.3g} p25={q[1]:.3g} median={q[2]:.3g} p75={q[3]:.3g} max={q[4]:.3g}"
+
+
+def stats(directory: str, plot: str | None = None) -> str:
+    df = load_manifest(directory)
+    lines = [f"{len(df)} pairs in {df['shard'].nunique()} shards"]
+    counts = df.groupby(["source", "kind"]).size()
+    for (src, kind), n in counts.items():
+        lines.append(f"  {src:12s} {kind:11s} {n:8d}")
+    lines.append(f"silhouette methods: {dict(Counter(df['silhouette_method']))}")
+    hf = pd.concat([df["human_fraction_target"], df["human_fraction_reference"]])
+    lines.append(f"human fraction (16px patches): {_describe(hf)}")
+    lines.append(f"cross-pose time gap (s):       {_describe(df['time_gap_s'])}")
+    cv = df[df["kind"] == "cross_view"]
+    lines.append(f"cross-view view angle (deg):   {_describe(cv['view_angle_deg'])}")
+    lines.append(f"cross-view azimuth gap (deg):  {_describe(cv['azimuth_gap_deg'])}")
+    lines.append(f"cross-pose motion:             {_describe(df['motion'])}")
+    skipped: Counter = Counter()
+    for name in layout.finished_shards(Path(directory)):
+        skipped.update(json.loads(layout.stats_path(Path(directory), name).read_text()).get("skipped", {}))
+    if skipped:
+        lines.append("skipped: " + ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())))
+    if plot:
+        _plot(df, plot)
+        lines.append(f"plot: {plot}")
+    return "\n".join(lines)
+
+
+def _plot(df: pd.DataFrame, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    ax = axes[0, 0]
+    counts = df.groupby(["source", "kind"]).size()
+    ax.bar([f"{s}\n{k}" for s, k in counts.index], counts.values, color="tab:blue")
+    ax.set_title("pairs per source / kind")
+    ax = axes[0, 1]
+    ax.hist([df["human_fraction_target"], df["human_fraction_reference"]], bins=20, label=["target", "reference"])
+    ax.set_title("human fraction of 16x16 patches")
+    ax.legend()
+    ax = axes[1, 0]
+    ax.hist(df["time_gap_s"].dropna(), bins=20, color="tab:green")
+    ax.set_title("cross-pose time gap (s)")
+    ax = axes[1, 1]
+    cv = df[df["kind"] == "cross_view"]
+    ax.hist([cv["view_angle_deg"].dropna(), cv["azimuth_gap_deg"].dropna()], bins=18, range=(0, 180),
+            label=["view angle", "azimuth gap"])
+    ax.set_title("cross-view angle (deg)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

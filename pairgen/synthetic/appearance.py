@@ -1,0 +1,123 @@
+"""Procedural appearance: skin tones, clothing textures on the UV layout, and lighting.
+
+The UV layout is rasterised once into a region map (skin, shirt, sleeve, forearm, trousers, shin,
+shoes, hair). Each body draws an outfit: a shirt (short or long sleeves), trousers (shorts or
+long), shoes and hair, each with a solid, striped, checked or noisy pattern, over a skin tone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pairgen.synthetic.body import (FOREARM, HAIR, SHIN, SHIRT, SHOES, SKIN, SLEEVE, TROUSERS)
+
+# Skin tones (sRGB), light to dark, from common cosmetic/Fitzpatrick-style reference swatches.
+SKIN_TONES = np.array([
+    [255, 224, 196], [241, 194, 167], [224, 172, 138], [198, 134, 103],
+    [161, 102, 72], [120, 74, 50], [87, 53, 36], [60, 38, 28],
+], dtype=np.float32)
+HAIR_COLOURS = np.array([
+    [20, 16, 14], [50, 34, 24], [90, 60, 38], [150, 110, 70], [200, 170, 120], [120, 120, 120], [160, 60, 30],
+], dtype=np.float32)
+
+
+def region_map(uv: np.ndarray, faces: np.ndarray, regions: np.ndarray, size: int) -> np.ndarray:
+    """[size, size] int8 map of the region owning each texel (-1 = unused), from UV triangles.
+
+    ``uv`` [Vs, 2] GL texture coordinates; pyrender uploads images bottom row first, so texel
+    row r samples v = 1 - r/size.
+    """
+    import cv2
+
+    px = np.stack([uv[:, 0] * size, (1.0 - uv[:, 1]) * size], axis=1)
+    face_region = regions[faces[:, 0]]
+    out = np.full((size, size), -1, np.int8)
+    tris = np.round(px[faces] * 4).astype(np.int32)  # 2 fractional bits for cv2's shift
+    for reg in np.unique(face_region):
+        cv2.fillPoly(out, list(tris[face_region == reg]), int(reg), lineType=cv2.LINE_8, shift=2)
+    # Grow regions into unused texels so bilinear sampling at seams never picks "unused".
+    unused = out < 0
+    if unused.any():
+        idx = cv2.distanceTransformWithLabels(unused.astype(np.uint8), cv2.DIST_L2, 3,
+                                              labelType=cv2.DIST_LABEL_PIXEL)[1]
+        labels_src = np.zeros(idx.max() + 1, np.int8)
+        ys, xs = np.nonzero(~unused)
+        labels_src[idx[ys, xs]] = out[ys, xs]
+        out = labels_src[idx]
+    return out
+
+
+def _pattern(rng: np.random.Generator, size: int, base: np.ndarray) -> np.ndarray:
+    """One clothing pattern [size, size, 3] float32 in 0..255."""
+    kind = rng.choice(["solid", "stripes", "checks", "noise"], p=[0.4, 0.25, 0.15, 0.2])
+    img = np.broadcast_to(base, (size, size, 3)).astype(np.float32)
+    if kind == "solid":
+        return img.copy()
+    other = rng.uniform(0, 255, 3).astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    if kind == "stripes":
+        period = rng.uniform(6, 28)
+        ang = rng.uniform(0, np.pi)
+        coord = xx * np.cos(ang) + yy * np.sin(ang)
+        mask = (np.mod(coord, period) < period * rng.uniform(0.3, 0.6))[..., None]
+        return np.where(mask, other, img)
+    if kind == "checks":
+        period = rng.uniform(8, 32)
+        mask = ((np.floor(xx / period) + np.floor(yy / period)) % 2 == 0)[..., None]
+        return np.where(mask, 0.5 * (other + img), img)
+    noise = smooth_noise(rng, size, octaves=3)[..., None]
+    return img * (0.7 + 0.6 * noise)
+
+
+def smooth_noise(rng: np.random.Generator, size: int, octaves: int = 4) -> np.ndarray:
+    """Fractal value noise in [0, 1], [size, size] float32."""
+    import cv2
+
+    acc = np.zeros((size, size), np.float32)
+    total = 0.0
+    for o in range(octaves):
+        cells = 2 ** (o + 2)
+        grid = rng.random((cells, cells), dtype=np.float32)
+        acc += cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC) / (2 ** o)
+        total += 1.0 / (2 ** o)
+    acc /= total
+    return np.clip((acc - acc.min()) / (np.ptp(acc) + 1e-6), 0, 1)
+
+
+def random_outfit_texture(rng: np.random.Generator, regions: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Texture [H, W, 3] uint8 for a region map, and a description of the outfit."""
+    size = regions.shape[0]
+    skin = SKIN_TONES[rng.integers(len(SKIN_TONES))] * rng.uniform(0.92, 1.08)
+    skin_img = np.broadcast_to(skin, (size, size, 3)) * (0.95 + 0.1 * smooth_noise(rng, size, 2)[..., None])
+    long_sleeves = bool(rng.random() < 0.5)
+    long_trousers = bool(rng.random() < 0.7)
+    shirt = _pattern(rng, size, rng.uniform(0, 255, 3).astype(np.float32))
+    trousers = _pattern(rng, size, rng.uniform(0, 200, 3).astype(np.float32))
+    shoes = np.broadcast_to(rng.uniform(0, 220, 3).astype(np.float32), (size, size, 3))
+    hair = np.broadcast_to(HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))], (size, size, 3))
+    bald = bool(rng.random() < 0.1)
+    layers = {SKIN: skin_img, SHIRT: shirt, SLEEVE: shirt, FOREARM: shirt if long_sleeves else skin_img,
+              TROUSERS: trousers, SHIN: trousers if long_trousers else skin_img, SHOES: shoes,
+              HAIR: skin_img if bald else hair}
+    tex = np.array(skin_img, dtype=np.float32)
+    for reg, layer in layers.items():
+        m = regions == reg
+        tex[m] = layer[m]
+    desc = {"skin_rgb": [round(float(c), 1) for c in skin], "long_sleeves": long_sleeves,
+            "long_trousers": long_trousers, "bald": bald}
+    return np.clip(tex, 0, 255).astype(np.uint8), desc
+
+
+def random_lighting(rng: np.random.Generator, up: np.ndarray = np.array([0.0, 0.0, 1.0])):
+    """(ambient rgb [3], [(direction [3], rgb [3], intensity)]) with random colour and strength."""
+    temp = rng.uniform(-1, 1)  # warm (+) to cool (-) tint
+    tint = np.array([1.0 + 0.15 * temp, 1.0, 1.0 - 0.15 * temp])
+    ambient = np.clip(rng.uniform(0.25, 0.6) * tint, 0, 1)
+    lights = []
+    for _ in range(rng.integers(1, 3)):
+        az = rng.uniform(0, 2 * np.pi)
+        el = rng.uniform(np.radians(15), np.radians(75))
+        direction = -np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+        colour = np.clip(tint * rng.uniform(0.85, 1.0, 3), 0, 1)
+        lights.append((direction, colour, float(rng.uniform(1.5, 4.5))))
+    return ambient, lights

@@ -1,0 +1,87 @@
+"""Backgrounds behind the rendered person: procedural by default, or crops of the user's images.
+
+Procedural backgrounds mix a colour gradient, fractal noise, random shapes and a tiled texture so
+that the trainer cannot separate person from background by flat colour alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pairgen.synthetic.appearance import smooth_noise
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def procedural_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """[size, size, 3] uint8 RGB."""
+    import cv2
+
+    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    ang = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    g = np.clip(0.5 + (xx - 0.5) * np.cos(ang) + (yy - 0.5) * np.sin(ang), 0, 1)[..., None]
+    img = (1 - g) * c0 + g * c1
+    img *= (0.6 + 0.8 * smooth_noise(rng, size, octaves=int(rng.integers(2, 6))))[..., None]
+    if rng.random() < 0.5:  # a tiled texture band (floor, wall, fence...)
+        period = rng.uniform(6, 40)
+        t_ang = rng.uniform(0, np.pi)
+        coord = (xx * np.cos(t_ang) + yy * np.sin(t_ang)) * size
+        band = (np.mod(coord, period) < period / 2)[..., None]
+        mix = rng.uniform(0.1, 0.4)
+        img = np.where(band, img * (1 - mix) + mix * rng.uniform(0, 255, 3), img)
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    for _ in range(int(rng.integers(0, 8))):
+        colour = tuple(float(c) for c in rng.uniform(0, 255, 3))
+        x, y = (int(v) for v in rng.integers(0, size, 2))
+        r = int(rng.integers(size // 20, size // 4))
+        shape = rng.integers(3)
+        if shape == 0:
+            cv2.circle(img, (x, y), r, colour, -1, lineType=cv2.LINE_AA)
+        elif shape == 1:
+            cv2.rectangle(img, (x - r, y - r // 2), (x + r, y + r // 2), colour, -1)
+        else:
+            x2, y2 = (int(v) for v in rng.integers(0, size, 2))
+            cv2.line(img, (x, y), (x2, y2), colour, int(rng.integers(1, 6)), lineType=cv2.LINE_AA)
+    return img
+
+
+def list_background_images(directory: Path) -> list[Path]:
+    """Image files under ``directory`` (recursive), sorted so draws are deterministic."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise ValueError(f"--backgrounds {d}: not a directory")
+    files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise ValueError(f"--backgrounds {d}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    return files
+
+
+def check_background_images(files: list[Path], limit: int = 64) -> None:
+    """Decode up to ``limit`` evenly spread files; raise ValueError naming the first corrupt one."""
+    import cv2
+
+    step = max(1, len(files) // limit)
+    for p in files[::step][:limit]:
+        if cv2.imread(str(p), cv2.IMREAD_COLOR) is None:
+            raise ValueError(f"--backgrounds: cannot decode {p}")
+
+
+def image_background(rng: np.random.Generator, files: list[Path], size: int) -> np.ndarray | None:
+    """A random square crop of a random image, resized to ``size``; None if it cannot be decoded."""
+    import cv2
+
+    path = files[int(rng.integers(len(files)))]
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        return None
+    h, w = bgr.shape[:2]
+    side = int(min(h, w) * rng.uniform(0.5, 1.0))
+    y0 = int(rng.integers(0, h - side + 1))
+    x0 = int(rng.integers(0, w - side + 1))
+    crop = bgr[y0:y0 + side, x0:x0 + side]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    return np.ascontiguousarray(cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)[..., ::-1])

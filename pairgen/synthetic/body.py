@@ -1,0 +1,157 @@
+"""Body models for the synthetic source: anny (default, ships its data) and SMPL (user's file).
+
+Both expose the same small interface in one world frame (metres, +Z up, the person facing -Y
+before the global yaw, +X = the person's left):
+
+    body.forward(phenotypes [B, P], angles [B, D], yaw [B]) -> Posed(vertices [B, V, 3],
+                                                                  keypoints [B, 17, 3])
+
+plus the render topology (``faces``, ``uv``, ``split_index``: vertices split per UV corner)
+and ``regions``: a clothing region per split vertex (see :mod:`pairgen.synthetic.appearance`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from pairgen.synthetic.rig import AnnyRig
+
+# Clothing regions, by the bone that dominates a vertex's skinning.
+SKIN, SHIRT, SLEEVE, FOREARM, TROUSERS, SHIN, SHOES, HAIR = range(8)
+REGION_NAMES = ("skin", "shirt", "sleeve", "forearm", "trousers", "shin", "shoes", "hair")
+PHENOTYPES = ("gender", "age", "muscle", "weight", "height", "proportions")
+
+
+@dataclass
+class Posed:
+    vertices: np.ndarray  # [B, V, 3] float32, world metres
+    keypoints: np.ndarray  # [B, 17, 3] COCO-17 joints, world metres
+
+
+def _quiet_warp() -> None:
+    os.environ.setdefault("WARP_CACHE_PATH", os.path.expanduser("~/.cache/warp"))
+    try:
+        import warp
+
+        warp.config.quiet = True
+        warp.config.log_level = getattr(warp, "LOG_WARNING", 30)
+    except ImportError:  # anny may run without warp on some installs
+        pass
+
+
+def split_uv_topology(faces: np.ndarray, face_uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One render vertex per distinct (vertex, uv) corner.
+
+    Returns ``split_index`` [Vs] (mesh vertex of each render vertex) and ``split_faces`` [F, 3].
+    """
+    pairs = np.stack([faces.reshape(-1), face_uv.reshape(-1)], axis=1)
+    uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    return uniq, inverse.reshape(faces.shape)
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted vertex normals [V, 3] of one mesh."""
+    v0, v1, v2 = (vertices[faces[:, i]] for i in range(3))
+    fn = np.cross(v1 - v0, v2 - v0)
+    idx = faces.reshape(-1)
+    rep = np.repeat(fn, 3, axis=0)
+    n = np.stack([np.bincount(idx, weights=rep[:, k], minlength=len(vertices)) for k in range(3)], axis=1)
+    n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
+    return n.astype(np.float32)
+
+
+class AnnyBody:
+    """anny (MakeHuman-based, CC0 data) posed through :class:`AnnyRig`.
+
+    Building the model is expensive (first build ~50 s, cached on disk; ~0.3 s after): build one
+    per worker and reuse it.
+    """
+
+    name = "anny"
+
+    def __init__(self) -> None:
+        _quiet_warp()
+        import torch
+        import anny
+        from anny.keypoints import KeypointsRegressor
+
+        self._torch = torch
+        torch.set_grad_enabled(False)
+        self.model = anny.Anny().float()
+        self.kp_regressor = KeypointsRegressor.coco(self.model)
+        labels = list(self.kp_regressor.labels)
+        self.kp_index = [labels.index(n) for n in (
+            "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+            "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
+            "left_knee", "right_knee", "left_ankle", "right_ankle")]
+        rest = self.model(pose_parameters=torch.eye(4).repeat(1, self.model.bone_count, 1, 1),
+                          phenotype_kwargs={})
+        self.rig = AnnyRig(self.model.bone_labels, rest["rest_bone_heads"][0].numpy())
+        faces = self.model.faces.numpy().astype(np.int64)
+        face_uv = self.model.face_texture_coordinate_indices.numpy().astype(np.int64)
+        uv = self.model.texture_coordinates.numpy().astype(np.float32)
+        self.mesh_faces = faces
+        uniq, self.faces = split_uv_topology(faces, face_uv)
+        self.split_index = uniq[:, 0]
+        self.uv = uv[uniq[:, 1]].copy()  # GL texture coordinates (v grows upwards)
+        self.regions = self._regions()[self.split_index]
+
+    def _regions(self) -> np.ndarray:
+        """Clothing region per mesh vertex from the dominant skinning bone (and its height)."""
+        idx = self.model.vertex_bone_indices.numpy()
+        w = self.model.vertex_bone_weights.numpy()
+        dominant = idx[np.arange(len(idx)), w.argmax(1)]
+        labels = self.model.bone_labels
+        rest = self.model.template_vertices.numpy()
+        table = {}
+        for i, b in enumerate(labels):
+            base = b.split(".")[0]
+            if base.startswith(("spine", "clavicle", "shoulder", "root")):
+                table[i] = SHIRT
+            elif base.startswith("pelvis") or base.startswith("upperleg"):
+                table[i] = TROUSERS
+            elif base.startswith("lowerleg"):
+                table[i] = SHIN
+            elif base.startswith(("foot", "toe")):
+                table[i] = SHOES
+            elif base.startswith("upperarm"):
+                table[i] = SLEEVE
+            elif base.startswith("lowerarm"):
+                table[i] = FOREARM
+            elif base in ("head",):
+                table[i] = HAIR
+            else:
+                table[i] = SKIN
+        regions = np.array([table.get(int(d), SKIN) for d in dominant], dtype=np.int64)
+        # Hair: the back and top of the head only (the face stays skin).
+        head = regions == HAIR
+        if head.any():
+            hz = rest[head, 2]
+            top = np.quantile(hz, 0.45)
+            face_front = rest[:, 1] < np.quantile(rest[head, 1], 0.55)
+            regions[head & ((rest[:, 2] < top) | face_front)] = SKIN
+        neck = np.array([labels[int(d)].startswith("neck") for d in dominant])
+        regions[neck] = SKIN
+        return regions
+
+    def forward(self, phenotypes: np.ndarray, angles: np.ndarray, yaw: np.ndarray) -> Posed:
+        torch = self._torch
+        pheno = {n: torch.as_tensor(phenotypes[:, i], dtype=torch.float32) for i, n in enumerate(PHENOTYPES)}
+        pose = torch.as_tensor(self.rig.pose_parameters(angles), dtype=torch.float32)
+        out = self.model(pose_parameters=pose, phenotype_kwargs=pheno)
+        verts = out["vertices"]
+        kps = self.kp_regressor(out)[:, self.kp_index]
+        R = torch.as_tensor(_yaw_matrices(yaw), dtype=torch.float32)
+        verts = (verts @ R.transpose(1, 2)).numpy()
+        kps = (kps @ R.transpose(1, 2)).numpy()
+        return Posed(verts.astype(np.float32), kps.astype(np.float32))
+
+
+def _yaw_matrices(yaw: np.ndarray) -> np.ndarray:
+    c, s = np.cos(yaw), np.sin(yaw)
+    R = np.zeros((len(yaw), 3, 3))
+    R[:, 0, 0], R[:, 0, 1], R[:, 1, 0], R[:, 1, 1], R[:, 2, 2] = c, -s, s, c, 1.0
+    return R

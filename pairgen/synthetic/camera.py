@@ -1,0 +1,64 @@
+"""Camera placement around the person: look-at rotation, random viewpoint, framing fit.
+
+Every synthetic camera looks at the person's centre from a given azimuth/elevation/distance; its
+focal length and principal point are then fitted so the person (all given vertices) is fully
+visible and centred, filling a random fraction of the square image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pairgen.synthetic.render import Camera
+
+
+def look_at(center: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0, 0.0, 1.0])) -> tuple[np.ndarray, np.ndarray]:
+    """World-to-camera (R, t), OpenCV axes: +Z forward, +X right, +Y down in the image."""
+    z = target - center
+    z = z / np.linalg.norm(z)
+    x = np.cross(z, up)
+    if np.linalg.norm(x) < 1e-6:  # looking straight up/down
+        x = np.cross(z, np.array([0.0, 1.0, 0.0]))
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    R = np.stack([x, y, z])
+    return R, -R @ center
+
+
+def camera_center(target: np.ndarray, azimuth: float, elevation: float, distance: float) -> np.ndarray:
+    """Point at ``distance`` from ``target``; azimuth 0 = in front of an unrotated person (-Y)."""
+    d = np.array([np.sin(azimuth) * np.cos(elevation), -np.cos(azimuth) * np.cos(elevation), np.sin(elevation)])
+    return target + distance * d
+
+
+def fit_camera(R: np.ndarray, t: np.ndarray, points: np.ndarray, size: int, fill: float) -> Camera:
+    """Camera with rotation R, translation t whose intrinsics frame ``points`` [N, 3].
+
+    The larger side of the points' projected box spans ``fill`` of the image and the box is
+    centred (principal point shift, as if cropping a larger sensor).
+    """
+    pc = points @ R.T + t
+    if np.any(pc[:, 2] <= 0.05):
+        raise ValueError("person behind or too close to the camera")
+    xn, yn = pc[:, 0] / pc[:, 2], pc[:, 1] / pc[:, 2]
+    w, h = np.ptp(xn), np.ptp(yn)
+    f = fill * size / max(w, h)
+    cx = size / 2 - f * (xn.min() + xn.max()) / 2
+    cy = size / 2 - f * (yn.min() + yn.max()) / 2
+    return Camera(R=R, t=t, fx=f, fy=f, cx=cx, cy=cy, width=size, height=size)
+
+
+def view_angle_deg(cam_a: Camera, cam_b: Camera, target: np.ndarray) -> float:
+    """Angle between the two cameras' directions towards ``target`` (degrees)."""
+    da = target - cam_a.center
+    db = target - cam_b.center
+    cos = np.dot(da, db) / (np.linalg.norm(da) * np.linalg.norm(db))
+    return float(np.degrees(np.arccos(np.clip(cos, -1, 1))))
+
+
+def azimuth_gap_deg(cam_a: Camera, cam_b: Camera, target: np.ndarray) -> float:
+    """Difference of the cameras' azimuths around the vertical axis through ``target`` (0..180)."""
+    a = cam_a.center - target
+    b = cam_b.center - target
+    ang = np.arctan2(a[1], a[0]) - np.arctan2(b[1], b[0])
+    return float(abs(np.degrees((ang + np.pi) % (2 * np.pi) - np.pi)))

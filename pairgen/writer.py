@@ -1,0 +1,92 @@
+"""Shard writer: one finished shard = tar + Parquet manifest + stats JSON, each renamed into place.
+
+Order of the renames is tar, manifest, stats: the stats file is the completion marker, so a
+shard killed at any point is either absent or rebuilt on resume. Tar members carry fixed
+metadata (mtime 0, uid 0, mode 0644) and a fixed order, so equal samples give equal tar bytes.
+The writer knows no dataset.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from manifests import layout
+from manifests.sample import ALL_SUFFIXES
+from manifests.schema import rows_to_table
+
+
+def _tmp_name(out: Path, final: Path) -> Path:
+    d = Path(out) / layout.TMP_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    return d / f"{final.name}.{os.getpid()}.partial"
+
+
+def _fsync_replace(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, final)
+
+
+def tar_bytes_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shard(out: Path, name: str, samples: list[tuple[str, dict[str, bytes]]], rows: list[dict],
+                stats: dict) -> dict:
+    """Write shard ``name`` atomically; returns the stats as written (with sizes and timings)."""
+    out = Path(out)
+    t0 = time.time()
+    final_tar = layout.tar_path(out, name)
+    tmp = _tmp_name(out, final_tar)
+    order = {s: i for i, s in enumerate(ALL_SUFFIXES)}
+    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, members in samples:
+            for suffix in sorted(members, key=lambda s: (order.get(s, len(order)), s)):
+                tar_bytes_member(tar, f"{key}.{suffix}", members[suffix])
+    _fsync_replace(tmp, final_tar)
+
+    final_manifest = layout.manifest_path(out, name)
+    tmp = _tmp_name(out, final_manifest)
+    pq.write_table(rows_to_table(rows), tmp, compression="zstd")
+    _fsync_replace(tmp, final_manifest)
+
+    stats = dict(stats)
+    stats.update(shard=final_tar.name, count=len(samples), tar_bytes=final_tar.stat().st_size,
+                 write_s=round(time.time() - t0, 4))
+    layout.write_json_atomic(layout.stats_path(out, name), stats)  # completion marker: last
+    return stats
+
+
+def clean_partials(out: Path) -> int:
+    """Remove in-progress files left by a killed run; returns how many were removed."""
+    removed = 0
+    for d in (Path(out) / layout.TMP_DIR, Path(out) / layout.MANIFEST_DIR, Path(out) / layout.STATS_DIR, Path(out)):
+        if d.is_dir():
+            for p in d.glob("*.partial"):
+                p.unlink(missing_ok=True)
+                removed += 1
+            for p in d.glob(".*.partial"):
+                p.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def remove_unfinished(out: Path, names: list[str]) -> None:
+    """Delete tars/manifests of shards that have no stats file (they are rebuilt)."""
+    for n in names:
+        if not layout.stats_path(out, n).exists():
+            layout.tar_path(out, n).unlink(missing_ok=True)
+            layout.manifest_path(out, n).unlink(missing_ok=True)

@@ -1,0 +1,436 @@
+"""Streaming pairs from pairgen's WebDataset shards into batches.
+
+    resolve_shards   --shards spec -> tar URLs (+ manifests when they exist next to the tars)
+    mix_plan         --mix weights -> per-shard sampling weights and per-kind acceptance
+    PairStream       IterableDataset: shards -> tar samples -> shuffle -> decode/crop -> batch + masks
+    to_model_input   on the device: uint8 HWC -> colour jitter -> ImageNet-normalised [B, 3, H, W]
+
+Training streams are infinite and resampled (each rank and worker draws shards with its own
+seeded RNG), so with a fixed number of steps every DDP rank gets exactly as many batches and no
+rank waits on another at the end of an epoch. Every random choice (shards, shuffle,
+crops, jitter, masks) comes from seeds derived from ``(seed, rank, worker, counter)``; a batch
+carries the raw-sample and batch counters of its worker, which is the data state saved in
+checkpoints: a resumed run skips the samples already consumed (without decoding them) and
+replays the exact same batches.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import simplejpeg
+import torch
+from webdataset.shardlists import expand_urls
+from webdataset.tariterators import tarfile_samples
+
+from manifests import layout, sample as fmt
+
+from .config import TrainerError
+from .loss import PENN_FROM_COCO
+from .masking import human_centric_visible, masked_from_visible, uniform_visible
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# --------------------------------------------------------------------------- shards and manifests
+
+
+@dataclass
+class ShardSet:
+    """Resolved ``--shards``: tar URLs and, when every shard has one, the manifest rows (url, source, kind)."""
+
+    urls: list[str]
+    manifest: "object | None" = None  # pandas.DataFrame with columns url, key, source, kind
+
+    @property
+    def num_pairs(self) -> int | None:
+        return None if self.manifest is None else len(self.manifest)
+
+
+def _is_remote(url: str) -> bool:
+    return url.startswith("pipe:") or "://" in url
+
+
+def resolve_shards(spec: str) -> ShardSet:
+    """A build directory (its finished shards), tar paths / brace patterns joined by '::', or pipe: URLs."""
+    if not spec:
+        raise TrainerError("no shards given (--shards)")
+    path = Path(spec)
+    if not _is_remote(spec) and path.is_dir():
+        names = layout.finished_shards(path)
+        if not names:
+            raise TrainerError(f"no finished shards in {spec} (a shard is finished when stats/<name>.json exists)")
+        urls = [str(layout.tar_path(path, n)) for n in names]
+    else:
+        urls = expand_urls(spec)
+    for url in urls:
+        if not _is_remote(url) and not Path(url).is_file():
+            raise TrainerError(f"shard not found: {url}")
+    return ShardSet(urls, _read_manifests(urls))
+
+
+def _read_manifests(urls: list[str]):
+    """Manifest rows of all shards (``<dir>/manifest/<name>.parquet``), or None if one is missing."""
+    import pandas as pd
+
+    frames = []
+    for url in urls:
+        if _is_remote(url):
+            return None
+        p = Path(url)
+        mpath = layout.manifest_path(p.parent, p.name.removesuffix(".tar"))
+        if not mpath.is_file():
+            return None
+        df = pd.read_parquet(mpath, columns=["key", "source", "kind"])
+        df["url"] = url
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def check_first_sample(url: str) -> None:
+    """Fail fast (TrainerError) if the shard's first sample lacks a member the trainer needs."""
+    errors: list[Exception] = []
+
+    def keep(exc: Exception) -> bool:
+        errors.append(exc)
+        return False
+
+    for s in tarfile_samples([{"url": url}], handler=keep):
+        missing = [m for m in fmt.REQUIRED_SUFFIXES if m not in s]
+        if missing:
+            raise TrainerError(f"shard {url}: sample {s['__key__']} lacks {', '.join(missing)} "
+                               "(the trainer needs pairgen samples with silhouettes)")
+        return
+    reason = f": {errors[0]}" if errors else " (empty)"
+    raise TrainerError(f"shard {url} has no readable sample{reason}")
+
+
+def parse_mix(spec: str) -> dict[str, float]:
+    """``'aist=1,synthetic=0.5'`` -> ``{'aist': 1.0, 'synthetic': 0.5}``."""
+    out = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or out[name.strip()] < 0:
+            raise TrainerError(f"bad --mix entry {item!r}; expected name=weight with weight >= 0")
+    return out
+
+
+@dataclass
+class MixPlan:
+    """Shard sampling weights (aligned with the URLs) and per-(source, kind) acceptance probabilities."""
+
+    shard_weights: list[float]
+    accept: dict[str, dict[str, float]]
+
+
+def mix_plan(shards: ShardSet, spec: str) -> MixPlan | None:
+    """Turn ``--mix`` into sampling weights so the stream's share of source s is ∝ w_s and, within
+    each source, the share of kind k is ∝ w_k. Sources (kinds) not named are dropped; naming
+    none keeps them all with weight 1.
+
+    Shards are drawn with probability ∝ w_s / (N_s * acc_s) (N_s: pairs of s, acc_s: fraction
+    of its pairs accepted), pairs of kind k are accepted with probability ∝ w_k / frac_{s,k}.
+    """
+    if not spec:
+        return None
+    weights = parse_mix(spec)
+    if shards.manifest is None:
+        raise TrainerError("--mix needs the shards' manifests (pass a build directory or tars next to manifest/)")
+    df = shards.manifest
+    kind_w = {k: w for k, w in weights.items() if k in fmt.KINDS}
+    source_w = {s: w for s, w in weights.items() if s not in fmt.KINDS}
+    unknown = sorted(set(source_w) - set(df["source"]))
+    if unknown:
+        raise TrainerError(f"--mix names sources absent from the shards: {', '.join(unknown)}")
+    source_w = source_w or {s: 1.0 for s in df["source"].unique()}
+    kind_w = kind_w or {k: 1.0 for k in fmt.KINDS}
+    accept: dict[str, dict[str, float]] = {}
+    per_url: dict[str, float] = {}
+    for source, ws in source_w.items():
+        sub = df[df["source"] == source]
+        frac = sub["kind"].value_counts(normalize=True).to_dict()
+        raw = {k: kind_w.get(k, 0.0) / f for k, f in frac.items()}
+        if ws <= 0 or max(raw.values()) <= 0:
+            continue
+        top = max(raw.values())
+        accept[source] = {k: v / top for k, v in raw.items()}
+        acc = sum(frac[k] * accept[source][k] for k in frac)
+        for url in sub["url"].unique():
+            per_url[url] = ws / (len(sub) * acc)
+    if not per_url:
+        raise TrainerError(f"--mix {spec!r} leaves no pairs to train on")
+    return MixPlan([per_url.get(u, 0.0) for u in shards.urls], accept)
+
+
+# --------------------------------------------------------------------------- decoding one pair
+
+
+def random_crop(img: np.ndarray, mask: np.ndarray, size: int,
+                rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, tuple[int, int, float]]:
+    """Crop ``img`` [S, S, 3] and its silhouette [S, S] with the same window (random, or centred
+    when ``rng`` is None) -> (img [size, size, 3], mask [size, size], (y0, x0, scale)).
+    Images smaller than ``size`` are first resized up (bilinear image, nearest silhouette)."""
+    scale = 1.0
+    if min(img.shape[:2]) < size:
+        scale = size / min(img.shape[:2])
+        hw = (max(size, round(img.shape[1] * scale)), max(size, round(img.shape[0] * scale)))
+        img = cv2.resize(img, hw, interpolation=cv2.INTER_LINEAR)
+        mask = cv2.resize(mask, hw, interpolation=cv2.INTER_NEAREST)
+    h, w = mask.shape
+    if rng is None:
+        y0, x0 = (h - size) // 2, (w - size) // 2
+    else:
+        y0, x0 = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    return img[y0:y0 + size, x0:x0 + size], mask[y0:y0 + size, x0:x0 + size], (y0, x0, scale)
+
+
+def _decode_mask(data: bytes) -> np.ndarray:
+    m = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        raise ValueError("corrupt silhouette PNG")
+    return m
+
+
+def _keypoints(meta: dict, y0: int, x0: int, scale: float, size: int) -> np.ndarray:
+    """``[13, 3]`` PennAction joints (x, y, weight) in crop pixels from the reference's COCO-17 list."""
+    out = np.zeros((len(PENN_FROM_COCO), 3), np.float32)
+    kps = meta.get("keypoints_reference")
+    if not kps:
+        return out
+    arr = np.asarray(kps, np.float32).reshape(-1, 3)
+    if arr.shape[0] != len(fmt.COCO17):
+        raise ValueError(f"keypoints_reference has {arr.shape[0]} joints, expected 17")
+    out[:] = arr[list(PENN_FROM_COCO)]
+    out[:, 0] = out[:, 0] * scale - x0
+    out[:, 1] = out[:, 1] * scale - y0
+    inside = (out[:, 0] >= 0) & (out[:, 0] < size) & (out[:, 1] >= 0) & (out[:, 1] < size)
+    out[:, 2] = np.where(inside, np.clip(out[:, 2], 0.0, 1.0), 0.0)
+    return out
+
+
+def decode_pair(sample: dict, size: int, patch: int, jitter: float,
+                rng: np.random.Generator | None) -> dict:
+    """One raw webdataset sample -> cropped arrays; raises ValueError on missing or corrupt members.
+
+    Returns target/reference uint8 ``[size, size, 3]``, ``human`` ``[N]`` (person fraction of
+    each target patch), ``jitter`` ``[2, 3]`` (brightness, contrast, saturation per image),
+    ``kp`` ``[13, 3]``, and the crops' silhouettes (``target_mask``, ``reference_mask``).
+    """
+    missing = [m for m in fmt.REQUIRED_SUFFIXES if m not in sample]
+    if missing:
+        raise ValueError(f"missing members {missing}")
+    try:
+        meta = json.loads(sample[fmt.META_JSON])
+        tgt = simplejpeg.decode_jpeg(sample[fmt.TARGET_JPG], colorspace="RGB")
+        ref = simplejpeg.decode_jpeg(sample[fmt.REFERENCE_JPG], colorspace="RGB")
+    except (ValueError, RuntimeError, UnicodeDecodeError) as exc:  # simplejpeg: ValueError/RuntimeError
+        raise ValueError(f"corrupt member: {exc}") from exc
+    tmask, rmask = _decode_mask(sample[fmt.TARGET_MASK]), _decode_mask(sample[fmt.REFERENCE_MASK])
+    if tmask.shape != tgt.shape[:2] or rmask.shape != ref.shape[:2]:
+        raise ValueError("silhouette size differs from its image")
+    tgt, tmask, _ = random_crop(tgt, tmask, size, rng)
+    ref, rmask, (ry0, rx0, rs) = random_crop(ref, rmask, size, rng)
+    g = size // patch
+    human = tmask.reshape(g, patch, g, patch).mean(axis=(1, 3), dtype=np.float32).reshape(-1) / 255.0
+    if rng is None or jitter <= 0:
+        factors = np.ones((2, 3), np.float32)
+    else:
+        factors = rng.uniform(1 - jitter, 1 + jitter, size=(2, 3)).astype(np.float32)
+    return {"target": tgt, "reference": ref, "human": human, "jitter": factors,
+            "kp": _keypoints(meta, ry0, rx0, rs, size), "kind": meta.get("kind", ""),
+            "source": meta.get("source", ""), "key": sample["__key__"],
+            "target_mask": tmask, "reference_mask": rmask}
+
+
+# --------------------------------------------------------------------------- the stream
+
+
+@dataclass
+class StreamConfig:
+    """What PairStream needs (filled from the run config)."""
+
+    img_size: int = 224
+    patch_size: int = 16
+    batch_size: int = 8
+    masking: str = "human"
+    mask_ratio: float = 0.75
+    human_threshold: float = 0.0
+    color_jitter: float = 0.4
+    shuffle_buffer: int = 1000
+    seed: int = 0
+    train: bool = True  # False: one pass over the shards, centre crops, no jitter/shuffle, last partial batch kept
+
+
+def _shuffle(src: Iterator, bufsize: int, rng: random.Random) -> Iterator:
+    """Reservoir-style shuffle with a buffer of ``bufsize`` items (deterministic for a seeded rng)."""
+    buf = []
+    for item in src:
+        buf.append(item)
+        if len(buf) >= bufsize:
+            i = rng.randrange(len(buf))
+            buf[i], buf[-1] = buf[-1], buf[i]
+            yield buf.pop()
+    rng.shuffle(buf)
+    yield from buf
+
+
+class PairStream(torch.utils.data.IterableDataset):
+    """Batches of pairs (dicts of tensors), for ``DataLoader(stream, batch_size=None)``.
+
+    ``state`` maps logical worker id -> ``{"raw": samples consumed, "batches": batches emitted}``;
+    ``worker_offset`` (batches already consumed modulo the number of workers) rotates worker ids
+    so that the DataLoader's round-robin continues where the previous run stopped.
+    """
+
+    def __init__(self, shards: ShardSet, cfg: StreamConfig, rank: int = 0, world: int = 1,
+                 mix: MixPlan | None = None, state: dict | None = None, worker_offset: int = 0,
+                 verbose: bool = True):
+        super().__init__()
+        self.urls, self.cfg, self.rank, self.world, self.mix = shards.urls, cfg, rank, world, mix
+        self.state = {int(k): v for k, v in (state or {}).items()}
+        self.worker_offset, self.verbose = worker_offset, verbose
+
+    # -- shard order
+    def _urls(self, rng: random.Random, worker: int, num_workers: int) -> Iterator[str]:
+        if self.cfg.train:  # resampled: endless, each (rank, worker) with its own RNG
+            weights = self.mix.shard_weights if self.mix else None
+            while True:
+                yield rng.choices(self.urls, weights=weights)[0]
+        else:  # one pass, split across ranks then workers
+            yield from self.urls[self.rank::self.world][worker::num_workers]
+
+    def _raw(self, urls: Iterator[str], rng: random.Random) -> Iterator[dict]:
+        """Raw samples (bytes) of the shards in order; unreadable tars are skipped and reported."""
+        empty_in_a_row = 0
+        for url in urls:
+            n = 0
+            for s in tarfile_samples([{"url": url}], handler=self._tar_error):
+                n += 1
+                if self.mix is None or self._accepted(s, rng):
+                    yield s
+            empty_in_a_row = 0 if n else empty_in_a_row + 1
+            if empty_in_a_row >= 100 + 2 * len(self.urls):
+                raise RuntimeError("no readable sample in the last shards; are the shards valid tars?")
+
+    def _tar_error(self, exc: Exception) -> bool:
+        if self.verbose:
+            print(f"trainer: warning: skipping the rest of a shard: {exc}", file=sys.stderr)
+        return True
+
+    def _accepted(self, s: dict, rng: random.Random) -> bool:
+        try:
+            meta = json.loads(s[fmt.META_JSON])
+        except (KeyError, ValueError):
+            return True  # let decode_pair count it as corrupt
+        a = self.mix.accept.get(meta.get("source"), {}).get(meta.get("kind"), 0.0)
+        return rng.random() < a
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        num_workers, phys = (info.num_workers, info.id) if info else (1, 0)
+        if info is not None:
+            torch.set_num_threads(1)
+            cv2.setNumThreads(1)
+        worker = (phys + self.worker_offset) % num_workers
+        cfg = self.cfg
+        state = self.state.get(worker, {"raw": 0, "batches": 0})
+        rng = random.Random(f"{cfg.seed}-{self.rank}-{worker}")
+        raw = self._raw(self._urls(rng, worker, num_workers), rng)
+        if cfg.train and cfg.shuffle_buffer > 1:
+            raw = _shuffle(raw, cfg.shuffle_buffer, rng)
+        n_raw, n_batches, corrupt, pairs = 0, state["batches"], 0, []
+        for s in raw:
+            n_raw += 1
+            if n_raw <= state["raw"]:
+                continue  # consumed before the resume: skipped without decoding
+            sample_rng = np.random.default_rng([cfg.seed, self.rank, worker, n_raw]) if cfg.train else None
+            try:
+                pairs.append(decode_pair(s, cfg.img_size, cfg.patch_size, cfg.color_jitter, sample_rng))
+            except ValueError as exc:
+                corrupt += 1
+                if self.verbose and corrupt <= 3:
+                    print(f"trainer: warning: skipping corrupt sample {s.get('__key__')}: {exc}", file=sys.stderr)
+                continue
+            if len(pairs) == cfg.batch_size:
+                yield self._collate(pairs, worker, n_raw, n_batches, corrupt)
+                n_batches, corrupt, pairs = n_batches + 1, 0, []
+        if pairs and not cfg.train:
+            yield self._collate(pairs, worker, n_raw, n_batches, corrupt)
+
+    def _collate(self, pairs: list[dict], worker: int, n_raw: int, n_batches: int, corrupt: int) -> dict:
+        cfg = self.cfg
+        human = np.stack([p["human"] for p in pairs])
+        rng = np.random.default_rng([cfg.seed, self.rank, worker, n_batches, 1])
+        if cfg.masking == "human":
+            visible = human_centric_visible(human > cfg.human_threshold, cfg.mask_ratio, rng)
+        else:
+            visible = uniform_visible(len(pairs), human.shape[1], cfg.mask_ratio, rng)
+        return {
+            "target": torch.from_numpy(np.stack([p["target"] for p in pairs])),  # [B, H, W, 3] uint8
+            "reference": torch.from_numpy(np.stack([p["reference"] for p in pairs])),
+            "jitter": torch.from_numpy(np.stack([p["jitter"] for p in pairs])),  # [B, 2, 3]
+            "human": torch.from_numpy(human),  # [B, N]
+            "visible": torch.from_numpy(visible),  # [B, L]
+            "masked": torch.from_numpy(masked_from_visible(visible, human.shape[1])),  # [B, N]
+            "kp": torch.from_numpy(np.stack([p["kp"] for p in pairs])),  # [B, 13, 3]
+            "kind": [p["kind"] for p in pairs],
+            "source": [p["source"] for p in pairs],
+            "key": [p["key"] for p in pairs],
+            "worker": worker, "raw": n_raw, "batches": n_batches + 1, "corrupt": corrupt,
+        }
+
+
+def make_loader(stream: PairStream, workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
+    """DataLoader over a PairStream (batches are built in the workers)."""
+    return torch.utils.data.DataLoader(
+        stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+        prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
+
+
+# --------------------------------------------------------------------------- on the device
+
+
+def to_model_input(u8: torch.Tensor, jitter: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 ``[B, H, W, 3]`` -> colour-jittered (brightness, contrast, saturation, in that order;
+    factors ``[B, 3]``, 1 = unchanged) and ImageNet-normalised float ``[B, 3, H, W]``."""
+    x = u8.permute(0, 3, 1, 2).float().div_(255.0)
+    if jitter is not None and not bool((jitter == 1).all()):
+        f = jitter.to(x.device, torch.float32)[:, :, None, None, None]  # [B, 3, 1, 1, 1]
+        gray_w = torch.tensor([0.299, 0.587, 0.114], device=x.device)[None, :, None, None]
+        x = (x * f[:, 0]).clamp_(0, 1)
+        mean = (x * gray_w).sum(1, keepdim=True).mean(dim=(2, 3), keepdim=True)
+        x = ((x - mean) * f[:, 1] + mean).clamp_(0, 1)
+        gray = (x * gray_w).sum(1, keepdim=True)
+        x = ((x - gray) * f[:, 2] + gray).clamp_(0, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device)[None, :, None, None]
+    std = torch.tensor(IMAGENET_STD, device=x.device)[None, :, None, None]
+    return (x - mean) / std
+
+
+def denormalize(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised ``[B, 3, H, W]`` -> [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device)[None, :, None, None]
+    std = torch.tensor(IMAGENET_STD, device=x.device)[None, :, None, None]
+    return (x * std + mean).clamp(0, 1)
+
+
+def stream_config(cfg, model_cfg, train: bool = True, batch_size: int | None = None) -> StreamConfig:
+    """StreamConfig from a PretrainConfig and ModelConfig."""
+    return StreamConfig(img_size=model_cfg.img_size, patch_size=model_cfg.patch_size,
+                        batch_size=batch_size or cfg.batch_size, masking=cfg.masking,
+                        mask_ratio=cfg.mask_ratio, human_threshold=cfg.human_threshold,
+                        color_jitter=cfg.color_jitter, shuffle_buffer=cfg.shuffle_buffer,
+                        seed=cfg.seed, train=train)
+

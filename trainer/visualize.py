@@ -1,0 +1,37 @@
+"""Reconstruction grids: masked target | reference | prediction | target (paper figures 6-7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .data import denormalize
+from .loss import patchify, unpatchify
+
+
+@torch.no_grad()
+def reconstruction_grid(target: torch.Tensor, reference: torch.Tensor, pred: torch.Tensor,
+                        masked: torch.Tensor, patch: int, norm_pix: bool, rows: int = 4) -> np.ndarray:
+    """uint8 RGB ``[rows*H, 4*W, 3]`` from normalised images ``[B, 3, H, W]``, pred ``[B, N, p*p*3]``,
+    masked ``[B, N]``. Predicted patches are un-normalised with the target patch's mean/std when
+    ``norm_pix``; visible patches show the input."""
+    target, reference = target[:rows].float(), reference[:rows].float()
+    pred, masked = pred[:rows].float(), masked[:rows]
+    t = patchify(target, patch)
+    if norm_pix:
+        pred = pred * (t.var(dim=-1, keepdim=True) + 1e-6).sqrt() + t.mean(dim=-1, keepdim=True)
+    m = masked[..., None].float()
+    recon = unpatchify(pred * m + t * (1 - m), patch)
+    shown = unpatchify(t * (1 - m) + m * 0.0, patch)  # masked patches: 0 = the ImageNet mean (grey)
+    cols = [denormalize(x) for x in (shown, reference, recon, target)]
+    grid = torch.cat([torch.cat(list(c), dim=1) for c in cols], dim=2)  # [3, rows*H, 4*W]
+    return (grid.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
+        raise OSError(f"cannot write {path}")
