@@ -52,7 +52,9 @@ def prepare_output(config: BuildConfig) -> Path:
             if diff:
                 raise BuildError(f"--out {out} holds a {config.source} build with other settings ({', '.join(diff)}); "
                                  "use the same settings to resume or a new --out")
-    probe = out if out.is_dir() else next((p for p in out.parents if p.exists()), Path("."))
+    probe = out if out.is_dir() else next((p for p in out.absolute().parents if p.exists()), Path("."))
+    if not probe.is_dir():
+        raise BuildError(f"--out {out}: {probe} is not a directory")
     if not os.access(probe, os.W_OK):
         raise BuildError(f"--out {out}: not writable")
     return out

@@ -7,6 +7,8 @@ long), shoes and hair, each with a solid, striped, checked or noisy pattern, ove
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from pairgen.synthetic.body import (FOREARM, HAIR, SHIN, SHIRT, SHOES, SKIN, SLEEVE, TROUSERS)
@@ -47,6 +49,15 @@ def region_map(uv: np.ndarray, faces: np.ndarray, regions: np.ndarray, size: int
     return out
 
 
+@lru_cache(maxsize=8)
+def pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(yy, xx) float32 pixel coordinates of a size x size image (cached, read-only)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    yy.setflags(write=False)
+    xx.setflags(write=False)
+    return yy, xx
+
+
 def _pattern(rng: np.random.Generator, size: int, base: np.ndarray) -> np.ndarray:
     """One clothing pattern [size, size, 3] float32 in 0..255."""
     kind = rng.choice(["solid", "stripes", "checks", "noise"], p=[0.4, 0.25, 0.15, 0.2])
@@ -54,7 +65,7 @@ def _pattern(rng: np.random.Generator, size: int, base: np.ndarray) -> np.ndarra
     if kind == "solid":
         return img.copy()
     other = rng.uniform(0, 255, 3).astype(np.float32)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    yy, xx = pixel_grid(size)
     if kind == "stripes":
         period = rng.uniform(6, 28)
         ang = rng.uniform(0, np.pi)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pairgen.synthetic.appearance import smooth_noise
+from pairgen.synthetic.appearance import pixel_grid, smooth_noise
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -21,7 +21,7 @@ def procedural_background(rng: np.random.Generator, size: int) -> np.ndarray:
 
     c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     ang = rng.uniform(0, 2 * np.pi)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    yy, xx = (g / size for g in pixel_grid(size))
     g = np.clip(0.5 + (xx - 0.5) * np.cos(ang) + (yy - 0.5) * np.sin(ang), 0, 1)[..., None]
     img = (1 - g) * c0 + g * c1
     img *= (0.6 + 0.8 * smooth_noise(rng, size, octaves=int(rng.integers(2, 6))))[..., None]

@@ -54,13 +54,16 @@ def split_uv_topology(faces: np.ndarray, face_uv: np.ndarray) -> tuple[np.ndarra
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted vertex normals [V, 3] of one mesh."""
-    v0, v1, v2 = (vertices[faces[:, i]] for i in range(3))
-    fn = np.cross(v1 - v0, v2 - v0)
-    idx = faces.reshape(-1)
-    rep = np.repeat(fn, 3, axis=0)
-    n = np.stack([np.bincount(idx, weights=rep[:, k], minlength=len(vertices)) for k in range(3)], axis=1)
-    n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
-    return n.astype(np.float32)
+    import torch
+
+    v = torch.from_numpy(np.ascontiguousarray(vertices, dtype=np.float32))
+    f = torch.from_numpy(np.ascontiguousarray(faces, dtype=np.int64))
+    v0, v1, v2 = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    fn = torch.linalg.cross(v1 - v0, v2 - v0)
+    n = torch.zeros_like(v)
+    n.index_add_(0, f.reshape(-1), fn.repeat_interleave(3, dim=0))
+    n = n / (n.norm(dim=1, keepdim=True) + 1e-12)
+    return n.numpy()
 
 
 class AnnyBody:

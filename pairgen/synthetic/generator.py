@@ -57,10 +57,8 @@ class SyntheticGenerator:
                 return img, "image"
         return background.procedural_background(rng, self.s.image_size), "procedural"
 
-    def _render(self, vertices, texture, camera: Camera, ambient, lights, bg, keypoints3d):
-        normals = vertex_normals(vertices, self.body.mesh_faces)
-        idx = self.body.split_index
-        colour, depth = self.renderer.render(vertices[idx], normals[idx], texture, camera, ambient, lights)
+    def _finish(self, colour, depth, camera: Camera, bg, keypoints3d):
+        """Composite over the background; silhouette, 16-bit depth, COCO keypoints with visibility."""
         mask = depth > 0
         image = np.where(mask[..., None], colour, bg)
         uv, z = camera.project(keypoints3d)
@@ -124,7 +122,12 @@ class SyntheticGenerator:
             bgs = [bg, bg]
             meshes, joints = [verts[0], verts[1]], [kp3d[0], kp3d[1]]
 
-        out = [self._render(meshes[i], texture, cams[i], ambient, lights, bgs[i][0], joints[i]) for i in range(2)]
+        idx = self.body.split_index
+        normals = [vertex_normals(m, self.body.mesh_faces)[idx] for m in ((meshes[0],) if kind == "cross_view" else meshes)]
+        split = [m[idx] for m in ((meshes[0],) if kind == "cross_view" else meshes)]
+        views = [(split[0], normals[0], cams[0]), (split[-1], normals[-1], cams[1])]
+        rendered = self.renderer.render(views, texture, ambient, lights)
+        out = [self._finish(*rendered[i], cams[i], bgs[i][0], joints[i]) for i in range(2)]
         S = s.image_size
         frames = [int(round(t * FPS)) for t in (times if kind == "cross_pose" else [t1, t1])]
         meta = {

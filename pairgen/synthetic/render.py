@@ -75,34 +75,45 @@ class BodyRenderer:
 
     def render(
         self,
-        vertices: np.ndarray,
-        normals: np.ndarray,
+        views: list[tuple[np.ndarray, np.ndarray, Camera]],
         texture: np.ndarray,
-        camera: Camera,
         ambient: np.ndarray,
         lights: list[tuple[np.ndarray, np.ndarray, float]],
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (colour [S,S,3] uint8 on black, depth [S,S] float32 metres, 0 = background).
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Render each (vertices, normals, camera) view of one textured body under one lighting.
 
-        ``lights`` holds (direction the light travels, in world coordinates; rgb in [0,1]; intensity).
+        Returns per view (colour [S,S,3] uint8 on black, depth [S,S] float32 metres, 0 = background).
+        Views passing the same vertex array object share one mesh upload; the texture is uploaded
+        once. ``lights`` holds (direction the light travels in world coordinates, rgb in [0,1],
+        intensity).
         """
         pr = self._pyrender
         tex = pr.Texture(source=texture, source_channels="RGB",
                          sampler=pr.Sampler(magFilter=9729, minFilter=9729))  # GL_LINEAR
         material = pr.MetallicRoughnessMaterial(baseColorTexture=tex, metallicFactor=0.0,
                                                 roughnessFactor=0.85, baseColorFactor=(1.0, 1.0, 1.0, 1.0))
-        prim = pr.Primitive(positions=vertices.astype(np.float32), normals=normals.astype(np.float32),
-                            texcoord_0=self.uv, indices=self.faces, material=material, mode=4)
         scene = pr.Scene(bg_color=(0.0, 0.0, 0.0, 0.0), ambient_light=tuple(float(a) for a in ambient))
-        scene.add(pr.Mesh(primitives=[prim]))
         for direction, color, intensity in lights:
             scene.add(pr.DirectionalLight(color=tuple(float(c) for c in color), intensity=float(intensity)),
                       pose=_look_along(np.asarray(direction, dtype=np.float64)))
-        cam = pr.IntrinsicsCamera(fx=camera.fx, fy=camera.fy, cx=camera.cx, cy=camera.cy,
-                                  znear=0.05, zfar=100.0)
-        scene.add(cam, pose=_opencv_to_gl_pose(camera))
-        color, depth = self.renderer.render(scene)
-        return color[..., :3].copy(), depth.astype(np.float32)
+        results = []
+        mesh_node, mesh_src, cam_node = None, None, None
+        for vertices, normals, camera in views:
+            if vertices is not mesh_src:
+                if mesh_node is not None:
+                    scene.remove_node(mesh_node)
+                prim = pr.Primitive(positions=vertices.astype(np.float32), normals=normals.astype(np.float32),
+                                    texcoord_0=self.uv, indices=self.faces, material=material, mode=4)
+                mesh_node = scene.add(pr.Mesh(primitives=[prim]))
+                mesh_src = vertices
+            if cam_node is not None:
+                scene.remove_node(cam_node)
+            cam = pr.IntrinsicsCamera(fx=camera.fx, fy=camera.fy, cx=camera.cx, cy=camera.cy,
+                                      znear=0.05, zfar=100.0)
+            cam_node = scene.add(cam, pose=_opencv_to_gl_pose(camera))
+            color, depth = self.renderer.render(scene)
+            results.append((color[..., :3].copy(), depth.astype(np.float32)))
+        return results
 
     def close(self) -> None:
         self.renderer.delete()
