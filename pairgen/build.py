@@ -119,4 +119,5 @@ def run_build(config: BuildConfig, progress: bool = True) -> dict:
     return {"shards_total": len(tasks), "shards_skipped_finished": len(tasks) - len(todo),
             "shards_built": len(results), "shards_failed": [f["shard"] for f in failures],
             "failures": failures, "pairs_built": built, "seconds": round(elapsed, 2),
-            "pairs_per_s": round(built / elapsed, 2) if elapsed > 0 else None, "skipped": dict(skipped)}
+            "pairs_per_s": round(built / elapsed, 2) if elapsed > 0 else None, "skipped": dict(skipped),
+            "worker_peak_rss_mb": max((r.get("_worker_peak_rss_mb", 0) for r in results), default=None)}

@@ -221,12 +221,13 @@ def _keypoints(meta: dict, y0: int, x0: int, scale: float, size: int) -> np.ndar
 
 
 def decode_pair(sample: dict, size: int, patch: int, jitter: float,
-                rng: np.random.Generator | None) -> dict:
+                rng: np.random.Generator | None, reference_mask: bool = False) -> dict:
     """One raw webdataset sample -> cropped arrays; raises ValueError on missing or corrupt members.
 
     Returns target/reference uint8 ``[size, size, 3]``, ``human`` ``[N]`` (person fraction of
     each target patch), ``jitter`` ``[2, 3]`` (brightness, contrast, saturation per image),
-    ``kp`` ``[13, 3]``, and the crops' silhouettes (``target_mask``, ``reference_mask``).
+    ``kp`` ``[13, 3]``, and the crops' silhouettes (``target_mask``; ``reference_mask`` only when
+    ``reference_mask=True``, else None).
     """
     missing = [m for m in fmt.REQUIRED_SUFFIXES if m not in sample]
     if missing:
@@ -237,11 +238,14 @@ def decode_pair(sample: dict, size: int, patch: int, jitter: float,
         ref = simplejpeg.decode_jpeg(sample[fmt.REFERENCE_JPG], colorspace="RGB")
     except (ValueError, RuntimeError, UnicodeDecodeError) as exc:  # simplejpeg: ValueError/RuntimeError
         raise ValueError(f"corrupt member: {exc}") from exc
-    tmask, rmask = _decode_mask(sample[fmt.TARGET_MASK]), _decode_mask(sample[fmt.REFERENCE_MASK])
-    if tmask.shape != tgt.shape[:2] or rmask.shape != ref.shape[:2]:
+    tmask = _decode_mask(sample[fmt.TARGET_MASK])
+    # the reference silhouette is only size-checked (from its PNG header) unless asked for
+    rmask = _decode_mask(sample[fmt.REFERENCE_MASK]) if reference_mask else None
+    rsize = rmask.shape[::-1] if rmask is not None else fmt.read_png_size(sample[fmt.REFERENCE_MASK])
+    if tmask.shape != tgt.shape[:2] or tuple(rsize) != (ref.shape[1], ref.shape[0]):
         raise ValueError("silhouette size differs from its image")
     tgt, tmask, _ = random_crop(tgt, tmask, size, rng)
-    ref, rmask, (ry0, rx0, rs) = random_crop(ref, rmask, size, rng)
+    ref, rmask, (ry0, rx0, rs) = random_crop(ref, rmask if rmask is not None else ref[..., 0], size, rng)
     g = size // patch
     human = tmask.reshape(g, patch, g, patch).mean(axis=(1, 3), dtype=np.float32).reshape(-1) / 255.0
     if rng is None or jitter <= 0:
@@ -251,7 +255,7 @@ def decode_pair(sample: dict, size: int, patch: int, jitter: float,
     return {"target": tgt, "reference": ref, "human": human, "jitter": factors,
             "kp": _keypoints(meta, ry0, rx0, rs, size), "kind": meta.get("kind", ""),
             "source": meta.get("source", ""), "key": sample["__key__"],
-            "target_mask": tmask, "reference_mask": rmask}
+            "target_mask": tmask, "reference_mask": rmask if reference_mask else None}
 
 
 # --------------------------------------------------------------------------- the stream
@@ -368,6 +372,8 @@ class PairStream(torch.utils.data.IterableDataset):
                 n_batches, corrupt, pairs = n_batches + 1, 0, []
         if pairs and not cfg.train:
             yield self._collate(pairs, worker, n_raw, n_batches, corrupt)
+        elif corrupt and not cfg.train:  # nothing left to batch: still report the skipped pairs
+            yield {"key": [], "kind": [], "source": [], "corrupt": corrupt}
 
     def _collate(self, pairs: list[dict], worker: int, n_raw: int, n_batches: int, corrupt: int) -> dict:
         cfg = self.cfg

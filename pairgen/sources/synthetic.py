@@ -47,8 +47,13 @@ class SyntheticWorker(SourceWorker):
         from pairgen.synthetic.generator import RetryPair
 
         result = ShardResult(pairs=[])
-        for index in range(task.payload["start"], task.payload["stop"]):
-            for attempt in range(MAX_ATTEMPTS):
+        indices = list(range(task.payload["start"], task.payload["stop"]))
+        for index, first in self.generator.make_pairs(self.config.seed, indices):
+            if not isinstance(first, Exception):
+                result.pairs.append(first)
+                continue
+            result.skip(f"redrawn: {first}", unit=f"pair{index}/attempt0")
+            for attempt in range(1, MAX_ATTEMPTS):
                 try:
                     result.pairs.append(self.generator.make_pair(self.config.seed, index, attempt))
                     break
@@ -65,6 +70,14 @@ class SyntheticSource(Source):
     needs = "nothing (optional: --backgrounds DIR of images; --body smpl --smpl-model FILE [--motions AMASS_DIR])"
 
     def check(self) -> None:
+        if self.config.motions:
+            from pairgen.synthetic.amass import MotionBank
+
+            MotionBank.from_directory(self.config.motions)
+        if self.config.body == "smpl":
+            from pairgen.synthetic.smpl_body import SmplBody
+
+            SmplBody(self.config.smpl_model)
         if self.config.backgrounds:
             from pairgen.synthetic.background import check_background_images, list_background_images
 

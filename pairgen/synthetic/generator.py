@@ -16,7 +16,8 @@ from pairgen.record import PairRecord
 from pairgen.synthetic import appearance, background, camera as cam
 from pairgen.synthetic.body import vertex_normals
 from pairgen.synthetic.motions import sample_clip
-from pairgen.synthetic.render import BodyRenderer, Camera
+from pairgen.synthetic.gl import GLBodyRenderer
+from pairgen.synthetic.render import Camera
 
 FPS = 30.0  # frame index = round(t * FPS) for the manifest's frame columns
 KEYPOINT_DEPTH_TOLERANCE_M = 0.12  # a joint lies inside the body, behind the visible surface
@@ -44,8 +45,11 @@ class SyntheticGenerator:
     def __init__(self, body, settings: SyntheticSettings, background_files=None, motion_bank=None):
         self.body = body
         self.s = settings
-        self.renderer = BodyRenderer(settings.image_size, body.faces, body.uv)
-        self.regions = appearance.region_map(body.uv, body.faces, body.regions, settings.texture_size)
+        self.renderer = GLBodyRenderer(settings.image_size, body.faces, body.uv, settings.texture_size)
+        if hasattr(body, "region_texture_map"):  # bodies with an atlas layout (SMPL)
+            self.regions = body.region_texture_map(settings.texture_size)
+        else:
+            self.regions = appearance.region_map(body.uv, body.faces, body.regions, settings.texture_size)
         self.background_files = background_files
         self.motion_bank = motion_bank  # optional AMASS clips (SMPL body)
 
@@ -76,6 +80,32 @@ class SyntheticGenerator:
 
     # -- the recipe --------------------------------------------------------------------------
     def make_pair(self, seed: int, index: int, attempt: int = 0) -> PairRecord:
+        """Pair ``index`` of a build with ``seed`` (``attempt`` > 0 redraws an unusable pair)."""
+        spec = self._draw(seed, index, attempt)
+        posed = self.body.forward(spec["phenotypes"], spec["angles"], spec["yaw"])
+        return self._compose(spec, posed.vertices, posed.keypoints)
+
+    def make_pairs(self, seed: int, indices: list[int], batch: int = 32) -> list[tuple[int, PairRecord | Exception]]:
+        """First attempts of many pairs, with the body model run in batches (same bytes as one by one
+        for a given shard: the batches depend only on the indices)."""
+        out = []
+        for b0 in range(0, len(indices), batch):
+            specs = [self._draw(seed, i, 0) for i in indices[b0:b0 + batch]]
+            posed = self.body.forward(np.concatenate([sp["phenotypes"] for sp in specs]),
+                                      np.concatenate([sp["angles"] for sp in specs]),
+                                      np.concatenate([sp["yaw"] for sp in specs]))
+            row = 0
+            for sp in specs:
+                n = len(sp["times"])
+                try:
+                    out.append((sp["index"], self._compose(sp, posed.vertices[row:row + n], posed.keypoints[row:row + n])))
+                except (RetryPair, ValueError) as exc:
+                    out.append((sp["index"], exc))
+                row += n
+        return out
+
+    def _draw(self, seed: int, index: int, attempt: int) -> dict:
+        """Everything drawn before the body model runs: kind, body, motion, instants."""
         s = self.s
         rng = np.random.default_rng([seed, index, attempt])
         kind = s.kinds[0] if len(s.kinds) == 1 else ("cross_view" if rng.random() < s.cross_view_fraction else "cross_pose")
@@ -83,16 +113,23 @@ class SyntheticGenerator:
         clip = self.motion_bank.sample(rng) if self.motion_bank else sample_clip(rng)
         yaw = float(rng.uniform(0, 2 * np.pi))
         t1 = float(rng.uniform(0, clip_duration(clip)))
+        gap = None
         if kind == "cross_pose":
             gap = float(rng.uniform(s.min_gap_s, s.max_gap_s))
-            t2 = t1 + gap if t1 + gap <= clip_duration(clip) or rng.random() < 0.5 else max(0.0, t1 - gap)
-            gap = abs(t2 - t1)
+            t2 = t1 - gap if (rng.random() < 0.5 and t1 - gap >= 0) else t1 + gap
             times = np.array([t1, t2])
         else:
             times = np.array([t1])
-        angles = clip.angles(times)
-        posed = self.body.forward(np.repeat(phenotypes[None], len(times), 0), angles, np.full(len(times), yaw))
-        verts, kp3d = posed.vertices, posed.keypoints
+        n = len(times)
+        return {"rng": rng, "seed": seed, "index": index, "kind": kind, "phenotypes": np.repeat(phenotypes[None], n, 0),
+                "clip": clip, "yaw": np.full(n, yaw), "times": times, "gap": gap, "angles": clip.angles(times)}
+
+    def _compose(self, spec: dict, verts: np.ndarray, kp3d: np.ndarray) -> PairRecord:
+        """Appearance, cameras, rendering and metadata of a drawn pair whose meshes are posed."""
+        s = self.s
+        rng, kind, index, seed, clip, times = (spec[k] for k in ("rng", "kind", "index", "seed", "clip", "times"))
+        phenotypes, yaw, gap = spec["phenotypes"][0], float(spec["yaw"][0]), spec["gap"]
+        t1 = float(times[0])
         height = float(np.ptp(verts[0][:, 2]))
         motion = float(np.linalg.norm(kp3d[-1] - kp3d[0], axis=1).mean() / height) if kind == "cross_pose" else None
         if kind == "cross_pose" and motion < s.min_motion:

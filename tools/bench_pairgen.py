@@ -1,0 +1,113 @@
+#!/usr/bin/env python
+"""Benchmark pairgen: pairs/s per core against the physical limit measured in the same run.
+
+    python tools/bench_pairgen.py --source synthetic [--num-pairs 600] [--workers N]
+
+synthetic: the limit is the raw render rate of the same renderer on already-posed bodies (one
+process, nothing else: no posing, texturing, compositing, encoding or writing). Each pair needs
+two renders, so the pair limit per core is renders/s / 2. The pipeline figure is the full
+`pairgen build` (Ray, N workers) on N cores, steady state (shard build time summed over workers)
+and wall clock (including Ray start and per-worker model builds). Peak RSS per worker is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+
+def raw_render_rate(seconds: float = 8.0, image_size: int = 256) -> dict:
+    """Renders/s of the synthetic renderer on pre-posed, pre-textured bodies (one process)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from pairgen.synthetic import appearance, camera as cam
+    from pairgen.synthetic.body import AnnyBody, vertex_normals
+    from pairgen.synthetic.gl import GLBodyRenderer
+    from pairgen.synthetic.motions import sample_clip
+
+    body = AnnyBody()
+    rng = np.random.default_rng(0)
+    n = 16
+    clips = [sample_clip(rng) for _ in range(n)]
+    angles = np.concatenate([c.angles([1.0]) for c in clips])
+    posed = body.forward(rng.random((n, 6)), angles, rng.uniform(0, 6.28, n))
+    regions = appearance.region_map(body.uv, body.faces, body.regions, 256)
+    views, textures = [], []
+    for i in range(n):
+        V = posed.vertices[i]
+        nrm = vertex_normals(V, body.mesh_faces)
+        R, t = cam.look_at(cam.camera_center(V.mean(0), rng.uniform(0, 6.28), 0.2, 4.0), V.mean(0))
+        views.append((V[body.split_index], nrm[body.split_index], cam.fit_camera(R, t, V, image_size, 0.8)))
+        textures.append(appearance.random_outfit_texture(rng, regions)[0])
+    r = GLBodyRenderer(image_size, body.faces, body.uv, 256)
+    ambient, lights = appearance.random_lighting(rng)
+    r.render([views[0]], textures[0], ambient, lights)
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        i = count % n
+        r.render([views[i]], textures[i], ambient, lights)  # one upload + one draw + readback, as in a pair
+        count += 1
+    return {"renders_per_s": count / (time.perf_counter() - t0)}
+
+
+def pipeline_rate(num_pairs: int, workers: int, shard_size: int, image_size: int) -> dict:
+    from manifests import layout
+    from pairgen.build import run_build
+    from pairgen.config import BuildConfig
+
+    out = tempfile.mkdtemp(prefix="bench_pairgen_")
+    try:
+        cfg = BuildConfig(source="synthetic", out=os.path.join(out, "s"), num_pairs=num_pairs, seed=0,
+                          workers=workers, shard_size=shard_size, image_size=image_size)
+        t0 = time.perf_counter()
+        summary = run_build(cfg, progress=False)
+        wall = time.perf_counter() - t0
+        stats = [json.loads(layout.stats_path(cfg.out, n).read_text()) for n in layout.finished_shards(cfg.out)]
+        busy = sum(s["build_s"] + s.get("write_s", 0) for s in stats)
+        nbytes = sum(s["tar_bytes"] for s in stats)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return {"pairs": summary["pairs_built"], "wall_s": wall, "worker_busy_s": busy,
+            "steady_pairs_per_s_per_core": summary["pairs_built"] / busy,
+            "wall_pairs_per_s_per_core": summary["pairs_built"] / wall / workers,
+            "peak_rss_mb_per_worker": summary.get("worker_peak_rss_mb"), "mb_per_1k_pairs": nbytes / summary["pairs_built"] * 1000 / 1e6}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", default="synthetic")
+    p.add_argument("--num-pairs", type=int, default=600)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--shard-size", type=int, default=100)
+    p.add_argument("--image-size", type=int, default=256)
+    args = p.parse_args()
+    if args.source != "synthetic":
+        print(f"bench_pairgen: source {args.source!r} has no benchmark yet", file=sys.stderr)
+        return 2
+    os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+    raw = raw_render_rate(image_size=args.image_size)
+    limit = raw["renders_per_s"] / 2
+    pipe = pipeline_rate(args.num_pairs, args.workers, args.shard_size, args.image_size)
+    print(f"raw render rate (1 core):          {raw['renders_per_s']:.1f} renders/s -> limit {limit:.1f} pairs/s per core")
+    print(f"pipeline, {args.workers} workers, {pipe['pairs']} pairs: wall {pipe['wall_s']:.1f} s")
+    print(f"  steady state:                    {pipe['steady_pairs_per_s_per_core']:.1f} pairs/s per core "
+          f"(ratio to raw render limit {pipe['steady_pairs_per_s_per_core'] / limit:.2f})")
+    print(f"  wall clock (Ray start included): {pipe['wall_pairs_per_s_per_core']:.1f} pairs/s per core "
+          f"(ratio {pipe['wall_pairs_per_s_per_core'] / limit:.2f})")
+    print(f"  peak RSS per worker:             {pipe['peak_rss_mb_per_worker'] or float('nan'):.0f} MB")
+    print(f"  output size:                     {pipe['mb_per_1k_pairs']:.1f} MB per 1000 pairs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
