@@ -25,6 +25,20 @@ REGION_NAMES = ("skin", "shirt", "sleeve", "forearm", "trousers", "shin", "shoes
 PHENOTYPES = ("gender", "age", "muscle", "weight", "height", "proportions")
 
 
+def _no_grad(fn):
+    """Run ``fn`` without autograd (scoped: the caller's grad mode is untouched)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 @dataclass
 class Posed:
     vertices: np.ndarray  # [B, V, 3] float32, world metres
@@ -75,6 +89,7 @@ class AnnyBody:
 
     name = "anny"
 
+    @_no_grad
     def __init__(self) -> None:
         _quiet_warp()
         import torch
@@ -82,7 +97,6 @@ class AnnyBody:
         from anny.keypoints import KeypointsRegressor
 
         self._torch = torch
-        torch.set_grad_enabled(False)
         self.model = anny.Anny().float()
         self.kp_regressor = KeypointsRegressor.coco(self.model)
         labels = list(self.kp_regressor.labels)
@@ -140,6 +154,7 @@ class AnnyBody:
         regions[neck] = SKIN
         return regions
 
+    @_no_grad
     def forward(self, phenotypes: np.ndarray, angles: np.ndarray, yaw: np.ndarray) -> Posed:
         torch = self._torch
         pheno = {n: torch.as_tensor(phenotypes[:, i], dtype=torch.float32) for i, n in enumerate(PHENOTYPES)}

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pairgen.synthetic.body import (FOREARM, HAIR, SHIN, SHIRT, SHOES, SKIN, SLEEVE, TROUSERS, Posed, _yaw_matrices)
+from pairgen.synthetic.body import (FOREARM, HAIR, SHIN, SHIRT, SHOES, SKIN, SLEEVE, TROUSERS, Posed, _no_grad,
+                                   _yaw_matrices)
 from pairgen.synthetic.rig import DOF_INDEX, DOF_NAMES, axis_angle_to_matrix, _mirror_axis
 
 M = np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]])  # smpl -> world
@@ -35,12 +36,12 @@ N_REGIONS = 8
 class SmplBody:
     name = "smpl"
 
+    @_no_grad
     def __init__(self, model_path: str, num_betas: int = 10):
         import torch
         import smplx
 
         self._torch = torch
-        torch.set_grad_enabled(False)
         try:
             self.model = smplx.SMPL(model_path=str(model_path), num_betas=num_betas)
         except Exception as exc:  # smplx raises assorted errors for malformed files
@@ -150,6 +151,7 @@ class SmplBody:
         return ((yy * 2 // size) * 4 + (xx * 4 // size)).astype(np.int8)
 
     # -- forward --------------------------------------------------------------------------------
+    @_no_grad
     def forward(self, phenotypes: np.ndarray, angles: np.ndarray, yaw: np.ndarray) -> Posed:
         """phenotypes [B, P] in [0, 1] -> betas; angles [B, D] rig angles or [B, 72] SMPL poses."""
         torch = self._torch
