@@ -28,7 +28,7 @@ import numpy as np
 import simplejpeg
 import torch
 from webdataset.shardlists import expand_urls
-from webdataset.tariterators import tarfile_samples
+from webdataset.gopen import gopen
 
 from manifests import layout, sample as fmt
 
@@ -95,6 +95,27 @@ def _read_manifests(urls: list[str]):
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
+def read_shard(url: str, handler) -> Iterator[dict]:
+    """Samples of one shard as webdataset-style dicts (``__key__``, ``__url__``, suffix -> bytes).
+
+    Opens local paths and ``pipe:``/remote URLs through webdataset's ``gopen``, then parses the tar
+    with the contract's lean reader. A damaged or truncated tar ends the shard: ``handler(exc)``
+    is told (it returns True to go on with the next shard).
+    """
+    try:
+        stream = gopen(url, "rb")
+    except (OSError, ValueError) as exc:
+        handler(exc)
+        return
+    try:
+        for key, members in fmt.iter_tar_samples(stream):
+            yield {"__key__": key, "__url__": url, **members}
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        handler(exc)
+    finally:
+        stream.close()
+
+
 def check_first_sample(url: str) -> None:
     """Fail fast (TrainerError) if the shard's first sample lacks a member the trainer needs."""
     errors: list[Exception] = []
@@ -103,7 +124,7 @@ def check_first_sample(url: str) -> None:
         errors.append(exc)
         return False
 
-    for s in tarfile_samples([{"url": url}], handler=keep):
+    for s in read_shard(url, handler=keep):
         missing = [m for m in fmt.REQUIRED_SUFFIXES if m not in s]
         if missing:
             raise TrainerError(f"shard {url}: sample {s['__key__']} lacks {', '.join(missing)} "
@@ -320,7 +341,7 @@ class PairStream(torch.utils.data.IterableDataset):
         empty_in_a_row = 0
         for url in urls:
             n = 0
-            for s in tarfile_samples([{"url": url}], handler=self._tar_error):
+            for s in read_shard(url, handler=self._tar_error):
                 n += 1
                 if self.mix is None or self._accepted(s, rng):
                     yield s

@@ -110,13 +110,23 @@ def random_outfit_texture(rng: np.random.Generator, regions: np.ndarray) -> tupl
     layers = {SKIN: skin_img, SHIRT: shirt, SLEEVE: shirt, FOREARM: shirt if long_sleeves else skin_img,
               TROUSERS: trousers, SHIN: trousers if long_trousers else skin_img, SHOES: shoes,
               HAIR: skin_img if bald else hair}
-    tex = np.array(skin_img, dtype=np.float32)
+    # one gather: texel -> index of its region's layer among the distinct layer images
+    distinct: list[np.ndarray] = []
+    layer_of_region = np.zeros(max(layers) + 1, np.int64)
     for reg, layer in layers.items():
-        m = regions == reg
-        tex[m] = layer[m]
+        for i, d in enumerate(distinct):
+            if d is layer:
+                break
+        else:
+            distinct.append(layer)
+            i = len(distinct) - 1
+        layer_of_region[reg] = i
+    stack = np.stack([np.clip(np.asarray(d), 0, 255).astype(np.uint8) for d in distinct])  # [L, H, W, 3]
+    yy, xx = np.indices(regions.shape)
+    tex = stack[layer_of_region[np.clip(regions, 0, None)], yy, xx]
     desc = {"skin_rgb": [round(float(c), 1) for c in skin], "long_sleeves": long_sleeves,
             "long_trousers": long_trousers, "bald": bald}
-    return np.clip(tex, 0, 255).astype(np.uint8), desc
+    return tex, desc
 
 
 def random_lighting(rng: np.random.Generator, up: np.ndarray = np.array([0.0, 0.0, 1.0])):
