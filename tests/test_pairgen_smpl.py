@@ -7,6 +7,7 @@ import pytest
 
 from manifests import layout
 from manifests.sample import decode_sample, iter_tar_samples
+from geometry_checks import keypoints_inside_fraction
 from smpl_fixture import make_amass_files, make_smpl_file
 
 
@@ -20,17 +21,7 @@ def _samples(out):
 
 
 def _keypoints_inside(samples) -> float:
-    import cv2
-
-    inside = total = 0
-    for s in samples:
-        for mask, key in ((s.target_mask, "keypoints_target"), (s.reference_mask, "keypoints_reference")):
-            grown = cv2.dilate(mask, np.ones((5, 5), np.uint8))
-            for u, v, vis in s.meta[key]:
-                if vis == 2:
-                    total += 1
-                    inside += grown[int(v), int(u)] > 0
-    return inside / max(total, 1)
+    return keypoints_inside_fraction(samples)[0]
 
 
 def test_smpl_body_builds_and_verifies(smpl_file, tmp_path):
