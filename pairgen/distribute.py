@@ -8,7 +8,6 @@ replaced. A shard that still fails is returned as a failure: the build finishes 
 from __future__ import annotations
 
 import os
-import time
 import traceback
 from collections import deque
 
@@ -143,5 +142,4 @@ def _run_ray(tasks, config, total_pairs, done_pairs, progress):
     finally:
         if not config.ray_address:
             ray.shutdown()
-        time.sleep(0)
     return results, failures

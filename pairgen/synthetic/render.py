@@ -57,7 +57,8 @@ class Camera:
 
 
 class BodyRenderer:
-    """Renders one textured triangle mesh per call with a reused OpenGL context.
+    """pyrender-based reference renderer (PBR shading, 4x MSAA): the tests check the production
+    renderer (:mod:`pairgen.synthetic.gl`) against it; ~4x slower on a CPU.
 
     ``mesh_faces``/``uv`` describe the UV-split topology once; each call passes new vertex
     positions and normals (already split per UV corner), a texture and the lights.
