@@ -46,6 +46,16 @@ def _add_build(sub) -> None:
     p.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="[%(default)s]")
     p.add_argument("--retries", type=int, default=d.retries, help="extra attempts per failed shard [%(default)s]")
     p.add_argument("--split", default=None, help="keep only this dataset split (real sources)")
+    r = p.add_argument_group("real sources")
+    r.add_argument("--annotations", default=None, help="annotation directory, when apart from --root (AIST++)")
+    r.add_argument("--videos", default=None, help="video directory, when apart from --root (AIST Dance videos)")
+    r.add_argument("--silhouette", default=None, choices=("keypoints", "bgsub", "smpl"),
+                   help="silhouette method (default: the source's)")
+    r.add_argument("--min-view-angle-deg", type=float, default=d.min_view_angle_deg,
+                   help="cross-view: minimum angle between the cameras [%(default)s]")
+    r.add_argument("--crop-margin", type=float, default=d.crop_margin, help="context around the person [%(default)s]")
+    r.add_argument("--min-person-px", type=int, default=d.min_person_px, help="skip smaller people [%(default)s]")
+    r.add_argument("--mano-model", default=None, help="MANO model file/dir for hand `smpl` silhouettes")
     g = p.add_argument_group("synthetic source")
     g.add_argument("--body", default=d.body, choices=("anny", "smpl"), help="body model [%(default)s]")
     g.add_argument("--smpl-model", default=None, help="SMPL-format .pkl (your licensed file) for --body smpl")

@@ -26,6 +26,14 @@ class BuildConfig:
     jpeg_quality: int = 95
     retries: int = 2  # extra attempts for a failed shard before it is recorded as failed
     split: str | None = None  # keep only this dataset split (real sources)
+    # real sources
+    annotations: str | None = None  # explicit annotation directory (when shipped apart from the media)
+    videos: str | None = None  # explicit video directory (e.g. AIST Dance videos apart from AIST++)
+    silhouette: str | None = None  # silhouette method: keypoints | bgsub | smpl (None = the source's default)
+    min_view_angle_deg: float = 0.0  # cross-view: minimum angle between the two cameras (calibrated sources)
+    crop_margin: float = 0.2  # extra context around the person box, as a fraction of its side
+    min_person_px: int = 48  # skip people whose box is smaller than this (pixels, longer side)
+    mano_model: str | None = None  # MANO .pkl/.npz directory or file for the `smpl` silhouette of hands
     # synthetic source
     body: str = "anny"  # anny | smpl
     smpl_model: str | None = None  # SMPL-format .pkl for --body smpl (the user's licensed file)
@@ -39,7 +47,9 @@ class BuildConfig:
     # Fields that change the pairs; a resumed build must match them.
     OUTPUT_FIELDS = ("source", "root", "num_pairs", "seed", "image_size", "shard_size", "kinds",
                      "cross_view_fraction", "jpeg_quality", "split", "body", "smpl_model", "motions",
-                     "backgrounds", "min_gap_s", "max_gap_s", "min_azimuth_deg", "max_azimuth_deg")
+                     "backgrounds", "min_gap_s", "max_gap_s", "min_azimuth_deg", "max_azimuth_deg",
+                     "annotations", "videos", "silhouette", "min_view_angle_deg", "crop_margin",
+                     "min_person_px", "mano_model")
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message for any bad setting."""
@@ -62,6 +72,12 @@ class BuildConfig:
             raise ValueError("need 0 < --min-gap-s <= --max-gap-s")
         if not 0 <= self.min_azimuth_deg <= self.max_azimuth_deg <= 180:
             raise ValueError("need 0 <= --min-azimuth-deg <= --max-azimuth-deg <= 180")
+        if self.silhouette not in (None, "keypoints", "bgsub", "smpl"):
+            raise ValueError(f"--silhouette takes keypoints, bgsub or smpl (got {self.silhouette})")
+        if not 0 <= self.min_view_angle_deg <= 180:
+            raise ValueError("--min-view-angle-deg must be in [0, 180]")
+        if self.crop_margin < 0:
+            raise ValueError("--crop-margin must be >= 0")
         if self.body not in ("anny", "smpl"):
             raise ValueError(f"--body takes anny or smpl (got {self.body})")
         if self.body == "smpl" and not self.smpl_model:

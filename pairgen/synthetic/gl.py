@@ -66,27 +66,30 @@ void main() {
 """
 
 
-def _make_platform(size: int):
+def _make_platform(width: int, height: int):
     platform = configure_gl()
     if platform == "egl":
         from pyrender.platforms import egl
 
         device = egl.get_device_by_index(int(os.environ.get("EGL_DEVICE_ID", "0")))
-        return egl.EGLPlatform(size, size, device=device)
+        return egl.EGLPlatform(width, height, device=device)
     from pyrender.platforms.osmesa import OSMesaPlatform
 
-    return OSMesaPlatform(size, size)
+    return OSMesaPlatform(width, height)
 
 
 class GLBodyRenderer:
     """Renders (vertices, normals, camera) views of one textured mesh topology."""
 
-    def __init__(self, size: int, faces: np.ndarray, uv: np.ndarray, texture_size: int = 256):
-        self.size = int(size)
+    def __init__(self, size: int, faces: np.ndarray, uv: np.ndarray, texture_size: int = 256,
+                 height: int | None = None):
+        """``size`` is the image width (and height, unless ``height`` is given)."""
+        self.size = self.width = int(size)
+        self.height = int(height or size)
         self.texture_size = int(texture_size)
         self.n_vertices = len(uv)
         self.n_indices = int(faces.size)
-        self.platform = _make_platform(self.size)
+        self.platform = _make_platform(self.width, self.height)
         self.platform.init_context()
         self.platform.make_current()
         from OpenGL import GL as gl
@@ -126,14 +129,14 @@ class GLBodyRenderer:
         gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, self.fbo)
         self.rb_colour, self.rb_depth = gl.glGenRenderbuffers(2)
         gl.glBindRenderbuffer(gl.GL_RENDERBUFFER, self.rb_colour)
-        gl.glRenderbufferStorage(gl.GL_RENDERBUFFER, gl.GL_RGBA8, self.size, self.size)
+        gl.glRenderbufferStorage(gl.GL_RENDERBUFFER, gl.GL_RGBA8, self.width, self.height)
         gl.glFramebufferRenderbuffer(gl.GL_FRAMEBUFFER, gl.GL_COLOR_ATTACHMENT0, gl.GL_RENDERBUFFER, self.rb_colour)
         gl.glBindRenderbuffer(gl.GL_RENDERBUFFER, self.rb_depth)
-        gl.glRenderbufferStorage(gl.GL_RENDERBUFFER, gl.GL_DEPTH_COMPONENT24, self.size, self.size)
+        gl.glRenderbufferStorage(gl.GL_RENDERBUFFER, gl.GL_DEPTH_COMPONENT24, self.width, self.height)
         gl.glFramebufferRenderbuffer(gl.GL_FRAMEBUFFER, gl.GL_DEPTH_ATTACHMENT, gl.GL_RENDERBUFFER, self.rb_depth)
         if gl.glCheckFramebufferStatus(gl.GL_FRAMEBUFFER) != gl.GL_FRAMEBUFFER_COMPLETE:
             raise RuntimeError("OpenGL framebuffer incomplete")
-        gl.glViewport(0, 0, self.size, self.size)
+        gl.glViewport(0, 0, self.width, self.height)
         gl.glEnable(gl.GL_DEPTH_TEST)
         gl.glDisable(gl.GL_CULL_FACE)
         gl.glClearColor(0.0, 0.0, 0.0, 0.0)
@@ -141,7 +144,7 @@ class GLBodyRenderer:
             "R", "t", "intr", "size", "nearfar", "tex", "ambient", "n_lights", "light_dir", "light_rgb")}
         gl.glUseProgram(self.program)
         gl.glUniform1i(self._uniforms["tex"], 0)
-        gl.glUniform2f(self._uniforms["size"], float(self.size), float(self.size))
+        gl.glUniform2f(self._uniforms["size"], float(self.width), float(self.height))
         gl.glUniform2f(self._uniforms["nearfar"], NEAR, FAR)
 
     def _program(self):
@@ -205,11 +208,11 @@ class GLBodyRenderer:
         gl.glUniform4f(u["intr"], float(camera.fx), float(camera.fy), float(camera.cx), float(camera.cy))
         gl.glClear(gl.GL_COLOR_BUFFER_BIT | gl.GL_DEPTH_BUFFER_BIT)
         gl.glDrawElements(gl.GL_TRIANGLES, self.n_indices, gl.GL_UNSIGNED_INT, ctypes.c_void_p(0))
-        S = self.size
-        colour = gl.glReadPixels(0, 0, S, S, gl.GL_RGB, gl.GL_UNSIGNED_BYTE)
-        colour = np.frombuffer(colour, np.uint8).reshape(S, S, 3)[::-1].copy()
-        d = gl.glReadPixels(0, 0, S, S, gl.GL_DEPTH_COMPONENT, gl.GL_FLOAT)
-        d = np.frombuffer(d, np.float32).reshape(S, S)[::-1]
+        W, H = self.width, self.height
+        colour = gl.glReadPixels(0, 0, W, H, gl.GL_RGB, gl.GL_UNSIGNED_BYTE)
+        colour = np.frombuffer(colour, np.uint8).reshape(H, W, 3)[::-1].copy()
+        d = gl.glReadPixels(0, 0, W, H, gl.GL_DEPTH_COMPONENT, gl.GL_FLOAT)
+        d = np.frombuffer(d, np.float32).reshape(H, W)[::-1]
         z_ndc = 2.0 * d - 1.0
         depth = (2.0 * FAR * NEAR / ((FAR + NEAR) - z_ndc * (FAR - NEAR))).astype(np.float32)
         depth[d >= 1.0] = 0.0

@@ -1,0 +1,78 @@
+"""Square person-centred crops: box from keypoints/box, margin, padding outside the frame, resize."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def person_box(obs, min_conf: float = 0.05) -> np.ndarray | None:
+    """[x0, y0, x1, y1] around an Observation: usable keypoints, else its box."""
+    if obs.keypoints is not None:
+        k = np.asarray(obs.keypoints, np.float64)
+        ok = np.isfinite(k).all(1) & (k[:, 2] > min_conf)
+        if ok.sum() >= 2:
+            p = k[ok, :2]
+            box = np.array([p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max()])
+            if obs.box is not None:  # keypoints lie inside the body: widen with the detector box
+                b = np.asarray(obs.box, np.float64)
+                box = np.array([min(box[0], b[0]), min(box[1], b[1]), max(box[2], b[2]), max(box[3], b[3])])
+            return box
+    if obs.box is not None:
+        return np.asarray(obs.box, np.float64)
+    return None
+
+
+def square_crop_box(box: np.ndarray, margin: float, kind: str = "body") -> np.ndarray:
+    """Square [x0, y0, x1, y1] centred on ``box``, side = longer side * (1 + margin).
+
+    Keypoint boxes stop at the joints, so the head top, hands and feet need extra room: bodies
+    get 15% more height (mostly above), hands 40% more on every side.
+    """
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    if kind == "hand":
+        side = max(w, h) * 1.4
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    else:
+        y0 -= 0.12 * h  # head top above the eyes/nose keypoints
+        h = y1 - y0
+        side = max(w, h) * 1.05
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    side = max(side * (1 + margin), 8.0)
+    return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+
+
+def crop_resize(img: np.ndarray, box: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    """Pixels of ``box`` (may leave the frame: padded with zeros) resized to size x size."""
+    import cv2
+
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    side = max(x1 - x0, 1)
+    y1 = y0 + side
+    x1 = x0 + side
+    h, w = img.shape[:2]
+    pad = ((max(0, -y0), max(0, y1 - h)), (max(0, -x0), max(0, x1 - w)))
+    patch = img[max(0, y0):min(h, y1), max(0, x0):min(w, x1)]
+    if any(p for pair in pad for p in pair):
+        pad = pad + ((0, 0),) * (img.ndim - 2)
+        patch = np.pad(patch, pad)
+    interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if side > size else cv2.INTER_LINEAR)
+    return cv2.resize(np.ascontiguousarray(patch), (size, size), interpolation=interp)
+
+
+def to_crop(points: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+    """Map [N, >=2] frame pixel coordinates into crop pixels (extra columns kept)."""
+    out = np.array(points, np.float64, copy=True)
+    x0, y0 = round(box[0]), round(box[1])
+    side = max(round(box[2]) - x0, 1)
+    s = size / side
+    out[:, 0] = (out[:, 0] - x0 + 0.5) * s - 0.5
+    out[:, 1] = (out[:, 1] - y0 + 0.5) * s - 0.5
+    return out
+
+
+def crop_box_used(box: np.ndarray) -> list[float]:
+    """The integer box actually cropped (what the manifest records), [x0, y0, x1, y1]."""
+    x0, y0 = round(box[0]), round(box[1])
+    side = max(round(box[2]) - x0, 1)
+    return [float(x0), float(y0), float(x0 + side), float(y0 + side)]

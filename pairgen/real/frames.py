@@ -1,0 +1,102 @@
+"""Frame decoding, planned first and done once.
+
+The worker first collects every (camera, frame) its pairs and background models need, then
+decodes each video once, sequentially from the start up to the last needed frame (no seeking per
+frame, no frame decoded twice), and reads image files directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class FrameError(Exception):
+    """A video or image could not be (fully) decoded; the message says what and where."""
+
+
+def decode_video(path: Path, wanted: set[int], fps: float) -> tuple[dict[int, np.ndarray], str | None]:
+    """Frames ``wanted`` (indices at ``fps``) of a video as RGB arrays, in one sequential pass.
+
+    Frame index = floor(timestamp * fps) (AIST's rule: 60 fps, rounded down); without timestamps,
+    the decode order. Returns (frames, error): a truncated or damaged file yields the frames
+    decoded before the damage and an error message (missing frames are the caller's to count).
+    """
+    import av
+
+    out: dict[int, np.ndarray] = {}
+    if not wanted:
+        return out, None
+    last = max(wanted)
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError) as exc:
+        return out, f"cannot open video {Path(path).name}: {exc}"
+    error = None
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for n, frame in enumerate(container.decode(stream)):
+            t = frame.time
+            idx = int(np.floor(t * fps + 1e-6)) if t is not None else n
+            if idx in wanted and idx not in out:
+                out[idx] = frame.to_ndarray(format="rgb24")
+            if idx >= last:
+                break
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        error = f"video {Path(path).name} damaged after {len(out)} wanted frames: {exc}"
+    finally:
+        container.close()
+    if error is None and len(out) < len(wanted):
+        error = f"video {Path(path).name} ended before frame {max(set(wanted) - set(out))}"
+    return out, error
+
+
+def read_image(path: Path) -> np.ndarray:
+    """RGB array of an image file (JPEG through simplejpeg, others through OpenCV)."""
+    import cv2
+    import simplejpeg
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FrameError(f"missing image {path.name}") from exc
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        try:
+            return simplejpeg.decode_jpeg(data, colorspace="RGB")
+        except (ValueError, RuntimeError) as exc:
+            raise FrameError(f"corrupt JPEG {path.name}: {exc}") from exc
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise FrameError(f"corrupt image {path.name}")
+    return np.ascontiguousarray(img[..., ::-1])
+
+
+def load_frames(unit, needed: dict[str, set[int]]) -> tuple[dict[tuple[str, int], np.ndarray], list[tuple[str, str]]]:
+    """Decode what ``needed`` ({camera: frame ids}) asks for, once each.
+
+    Returns ({(cam, frame): RGB}, [(unit part, reason)] for what could not be decoded).
+    """
+    mode, spec = unit.images
+    frames: dict[tuple[str, int], np.ndarray] = {}
+    problems: list[tuple[str, str]] = []
+    for cam in sorted(needed):
+        wanted = needed[cam]
+        if mode == "video":
+            path = spec.get(cam)
+            if path is None or not Path(path).exists():
+                problems.append((f"{unit.name}/{cam}", "missing video"))
+                continue
+            got, err = decode_video(Path(path), wanted, unit.fps)
+            frames.update({(cam, f): img for f, img in got.items()})
+            if err:
+                problems.append((f"{unit.name}/{cam}", err))
+        else:
+            for f in sorted(wanted):
+                try:
+                    frames[(cam, f)] = read_image(unit.image_path(cam, f))
+                except FrameError as exc:
+                    problems.append((f"{unit.name}/{cam}/{f}", str(exc)))
+    return frames, problems

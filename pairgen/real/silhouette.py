@@ -1,0 +1,164 @@
+"""Silhouette methods for real images, each computed in crop coordinates (size x size, person = 255).
+
+- ``keypoints``: limb capsules, torso and palm polygons, head disc from 2D joints (rough; the
+  paper notes patch-level masking needs no more).
+- ``bgsub``: a per-camera background (median of frames spread over the sequence) subtracted from
+  the frame, cleaned, restricted to the person's box, keeping the components that touch the body.
+- ``smpl``: the dataset's body/hand model fit (vertices + faces) projected with the calibration
+  and rasterised.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# COCO-17 limbs (index pairs) and relative thickness (fraction of the torso scale)
+_LIMBS = ((5, 7, 0.22), (7, 9, 0.18), (6, 8, 0.22), (8, 10, 0.18), (11, 13, 0.30), (13, 15, 0.22),
+          (12, 14, 0.30), (14, 16, 0.22), (5, 6, 0.25), (11, 12, 0.3), (5, 11, 0.25), (6, 12, 0.25))
+# hand: 21 joints in InterHand order per finger tip->base (4 each: thumb, index, middle, ring, pinky), wrist 20
+_FINGERS = [list(range(4 * f, 4 * f + 4)) for f in range(5)]
+_WRIST = 20
+
+
+def _ok(k: np.ndarray, i: int, min_conf: float) -> bool:
+    return bool(np.isfinite(k[i]).all() and k[i, 2] > min_conf)
+
+
+def body_keypoint_mask(kps: np.ndarray, size: int, min_conf: float = 0.05) -> np.ndarray:
+    """Mask from COCO-17 keypoints [17, 3] already in crop pixels."""
+    import cv2
+
+    k = np.asarray(kps, np.float64)
+    mask = np.zeros((size, size), np.uint8)
+    pts = {i: k[i, :2] for i in range(len(k)) if _ok(k, i, min_conf)}
+    if len(pts) < 2:
+        return mask
+    arr = np.array(list(pts.values()))
+    # body scale: shoulder/hip widths, torso length, else the keypoint extent
+    cands = []
+    for a, b in ((5, 6), (11, 12)):
+        if a in pts and b in pts:
+            cands.append(np.linalg.norm(pts[a] - pts[b]) * 1.4)
+    for a, b in ((5, 11), (6, 12)):
+        if a in pts and b in pts:
+            cands.append(np.linalg.norm(pts[a] - pts[b]))
+    scale = max(cands) if cands else 0.25 * max(np.ptp(arr[:, 0]), np.ptp(arr[:, 1]), 1.0)
+    torso = [i for i in (5, 6, 12, 11) if i in pts]
+    if len(torso) >= 3:
+        cv2.fillConvexPoly(mask, np.round(np.array([pts[i] for i in torso]) * 4).astype(np.int32), 255,
+                           lineType=cv2.LINE_8, shift=2)
+    for a, b, w in _LIMBS:
+        if a in pts and b in pts:
+            t = max(2, int(round(w * scale)))
+            cv2.line(mask, tuple(int(round(v)) for v in pts[a]), tuple(int(round(v)) for v in pts[b]), 255, t)
+            for p in (pts[a], pts[b]):
+                cv2.circle(mask, tuple(int(round(v)) for v in p), t // 2, 255, -1)
+    head = [pts[i] for i in range(5) if i in pts]
+    if head:
+        c = np.mean(head, axis=0)
+        r = max(3, int(round(0.38 * scale)))
+        cv2.circle(mask, tuple(int(round(v)) for v in c), r, 255, -1)
+        if 5 in pts and 6 in pts:  # neck
+            neck = (pts[5] + pts[6]) / 2
+            cv2.line(mask, tuple(int(round(v)) for v in c), tuple(int(round(v)) for v in neck), 255,
+                     max(2, int(round(0.3 * scale))))
+    return mask
+
+
+def hand_keypoint_mask(kps: np.ndarray, size: int, min_conf: float = 0.05) -> np.ndarray:
+    """Mask from 21 hand joints [21, 3] (InterHand order) in crop pixels: palm polygon + finger capsules."""
+    import cv2
+
+    k = np.asarray(kps, np.float64)
+    mask = np.zeros((size, size), np.uint8)
+    pts = {i: k[i, :2] for i in range(len(k)) if _ok(k, i, min_conf)}
+    if len(pts) < 2:
+        return mask
+    arr = np.array(list(pts.values()))
+    bases = [f[-1] for f in _FINGERS if f[-1] in pts]
+    ref = [np.linalg.norm(pts[_WRIST] - pts[b]) for b in bases] if _WRIST in pts else []
+    scale = float(np.median(ref)) if ref else 0.4 * max(np.ptp(arr[:, 0]), np.ptp(arr[:, 1]), 1.0)
+    palm = [pts[i] for i in ([_WRIST] if _WRIST in pts else []) + bases]
+    if len(palm) >= 3:
+        hull = cv2.convexHull(np.round(np.array(palm) * 4).astype(np.int32))
+        cv2.fillConvexPoly(mask, hull, 255, lineType=cv2.LINE_8, shift=2)
+    t = max(2, int(round(0.28 * scale)))
+    for f in _FINGERS:
+        chain = [i for i in reversed(f) if i in pts]
+        if _WRIST in pts and chain:
+            chain = [_WRIST] + chain
+        for a, b in zip(chain, chain[1:]):
+            cv2.line(mask, tuple(int(round(v)) for v in pts[a]), tuple(int(round(v)) for v in pts[b]), 255, t)
+        for i in chain:
+            cv2.circle(mask, tuple(int(round(v)) for v in pts[i]), t // 2, 255, -1)
+    return mask
+
+
+def background_model(frames: list[np.ndarray], person_boxes: list[list[np.ndarray]],
+                     grow: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel median over frames spread across a sequence, leaving out each frame's people.
+
+    ``person_boxes[i]`` are the [x0, y0, x1, y1] boxes of the people in ``frames[i]`` (grown by
+    ``grow`` of their size): their pixels do not vote. Returns (background RGB, known mask): a
+    pixel covered by a person in every frame (someone who never leaves a spot) is unknown.
+    """
+    stack = np.stack(frames).astype(np.uint16)  # [K, H, W, 3]
+    K, H, W = stack.shape[:3]
+    hidden = np.zeros((K, H, W), bool)
+    for i, boxes in enumerate(person_boxes):
+        for x0, y0, x1, y1 in boxes:
+            gx, gy = grow * (x1 - x0), grow * (y1 - y0)
+            hidden[i, max(0, int(y0 - gy)):max(0, int(y1 + gy) + 1), max(0, int(x0 - gx)):max(0, int(x1 + gx) + 1)] = True
+    stack[hidden] = 1000  # sorts after every real value
+    stack.sort(axis=0)
+    n = (~hidden).sum(0)  # [H, W] voters per pixel
+    mid = np.clip((n - 1) // 2, 0, K - 1)
+    bg = np.take_along_axis(stack, mid[None, :, :, None].repeat(3, axis=3), axis=0)[0]
+    known = n >= 2
+    return np.where(known[..., None], bg, 0).astype(np.uint8), known
+
+
+def bgsub_mask(crop: np.ndarray, bg_crop: np.ndarray, person: np.ndarray, known: np.ndarray | None = None,
+               threshold: float = 30.0) -> np.ndarray:
+    """Foreground of a crop against the background crop, restricted to the person.
+
+    ``person`` is a rough mask of the person in the crop (keypoint mask): only foreground
+    components that overlap it are kept. Where the background is ``known`` False (never seen
+    without the person), the rough mask stands in.
+    """
+    import cv2
+
+    diff = np.abs(crop.astype(np.int16) - bg_crop.astype(np.int16)).max(axis=2)
+    fg = (diff > threshold).astype(np.uint8)
+    if known is not None:
+        fg = np.where(known, fg, (person > 0).astype(np.uint8))
+    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+    region = cv2.dilate(person, np.ones((15, 15), np.uint8)) > 0
+    fg &= region
+    n, labels = cv2.connectedComponents(fg)
+    keep = np.zeros(n, bool)
+    touched = np.unique(labels[(person > 0) & (fg > 0)])
+    keep[touched[touched > 0]] = True
+    out = keep[labels].astype(np.uint8) * 255
+    # fill holes (clothing close to the background colour) inside the kept silhouette
+    contours, _ = cv2.findContours(out, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(out, contours, -1, 255, -1)
+    return out
+
+
+def mesh_mask(uv_crop: np.ndarray, depth: np.ndarray, faces: np.ndarray, size: int) -> np.ndarray:
+    """Rasterise mesh triangles whose vertices were projected into crop pixels ([V, 2]); triangles
+    with any vertex behind the camera (depth <= 0) are dropped."""
+    import cv2
+
+    mask = np.zeros((size, size), np.uint8)
+    f = faces[(depth[faces] > 0).all(1)]
+    tri = np.round(uv_crop[f] * 4).astype(np.int64)
+    lo, hi = tri.min(1), tri.max(1)
+    inside = (hi >= 0).all(1) & (lo < 4 * size).all(1)  # bounding box touches the crop
+    # one call per triangle: a multi-polygon fillPoly uses the even-odd rule, and the front and back
+    # of a body overlap everywhere, which would leave holes
+    for t in tri[inside].astype(np.int32):
+        cv2.fillConvexPoly(mask, t, 255, lineType=cv2.LINE_8, shift=2)
+    return mask

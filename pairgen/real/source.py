@@ -1,0 +1,255 @@
+"""The source every real dataset shares: plan (list units, mine pairs, pack shards) on the driver;
+build (load the unit, decode its frames once, crop, silhouette) in the workers.
+
+A dataset module only writes a :class:`pairgen.real.types.Reader` and::
+
+    class AistSource(RealSource):
+        reader_cls = AistReader
+
+Shards hold whole units, so each video is decoded once per build (``--shard-size`` is a target:
+a unit with more pairs than that makes one larger shard). Pairs are spread evenly over units.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from pairgen.real import crop as cropping
+from pairgen.real import silhouette as sil
+from pairgen.real.frames import load_frames
+from pairgen.real.mining import PairSpec, mine_pairs
+from pairgen.real.types import BadUnit, Reader, Unit
+from pairgen.record import PairRecord, ShardResult
+from pairgen.sources.base import ShardTask, Source, SourceWorker
+
+BACKGROUND_SAMPLES = 15  # frames per camera for the bgsub median
+
+
+class PairSkip(Exception):
+    """One pair cannot be built (frame not decoded, person too small or outside the frame)."""
+
+
+class RealSource(Source):
+    reader_cls: type[Reader] = Reader
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        r = cls.reader_cls
+        cls.name, cls.summary, cls.needs, cls.layout = r.name, r.summary, r.needs, r.layout
+
+    def reader_options(self) -> dict:
+        c = self.config
+        return {"annotations": c.annotations, "videos": c.videos, "split": c.split, "smpl_model": c.smpl_model,
+                "mano_model": c.mano_model}
+
+    def make_reader(self) -> Reader:
+        return self.reader_cls(self.config.root, self.reader_options())
+
+    def check(self) -> None:
+        if not self.config.root:
+            raise ValueError(f"--source {self.name} needs --root DATA ({self.needs})")
+        if not Path(self.config.root).is_dir():
+            raise ValueError(f"--root {self.config.root}: not a directory")
+        if self.config.silhouette == "smpl" and not (self.config.smpl_model or self.config.mano_model):
+            raise ValueError("--silhouette smpl renders the dataset's body-model fits: give --smpl-model (or --mano-model)")
+        self.make_reader().check()
+
+    def plan(self) -> list[ShardTask]:
+        c = self.config
+        reader = self.make_reader()
+        names = [(n, s) for n, s in reader.unit_names() if c.split is None or s == c.split]
+        if not names:
+            return []
+        quota = math.ceil(c.num_pairs / len(names))
+        if len(c.kinds) == 2:
+            n_cv = int(round(quota * c.cross_view_fraction))
+            n_cp = quota - n_cv
+        else:
+            n_cv, n_cp = (quota, 0) if c.kinds[0] == "cross_view" else (0, quota)
+        per_unit: list[tuple[str, list[PairSpec]]] = []
+        plan_skipped: list[dict] = []
+        total = 0
+        for name, _ in names:
+            if total >= c.num_pairs:
+                break
+            try:
+                unit = reader.load(name)
+            except BadUnit as exc:
+                plan_skipped.append({"unit": name, "reason": f"bad unit: {exc}"})
+                continue
+            pairs = mine_pairs(unit, n_cv, n_cp, c.seed, c.min_view_angle_deg, c.min_gap_s, c.max_gap_s)
+            pairs = pairs[: c.num_pairs - total]
+            if pairs:
+                per_unit.append((name, pairs))
+                total += len(pairs)
+            else:
+                plan_skipped.append({"unit": name, "reason": "no pair could be mined"})
+        tasks: list[ShardTask] = []
+        current: list[PairSpec] = []
+
+        def close() -> None:
+            if current:
+                payload = {"pairs": [p.to_json() for p in current]}
+                if not tasks:
+                    payload["plan_skipped"] = plan_skipped
+                tasks.append(ShardTask(self.name, len(tasks), len(current), payload))
+
+        for _, pairs in per_unit:
+            if current and len(current) + len(pairs) > c.shard_size:
+                close()
+                current = []
+            current.extend(pairs)
+        close()
+        if not tasks and plan_skipped:
+            reasons = "; ".join(f"{s['unit']}: {s['reason']}" for s in plan_skipped[:3])
+            raise ValueError(f"source {self.name}: no usable unit under {c.root} ({reasons})")
+        return tasks
+
+    def make_worker(self) -> SourceWorker:
+        return RealWorker(self)
+
+
+class RealWorker(SourceWorker):
+    def __init__(self, source: RealSource):
+        self.config = source.config
+        self.source_name = source.name
+        self.reader = source.make_reader()
+
+    def build(self, task: ShardTask) -> ShardResult:
+        result = ShardResult(pairs=[])
+        for s in task.payload.get("plan_skipped", []):
+            result.skip(s["reason"], unit=s["unit"])
+        groups: dict[str, list[PairSpec]] = defaultdict(list)
+        for p in task.payload["pairs"]:
+            groups[p["unit"]].append(PairSpec(**p))
+        for unit_name, specs in groups.items():
+            try:
+                unit = self.reader.load(unit_name)
+            except BadUnit as exc:
+                for _ in specs:
+                    result.skip(f"bad unit: {exc}", unit=unit_name)
+                continue
+            self._build_unit(unit, specs, result)
+        return result
+
+    def _build_unit(self, unit: Unit, specs: list[PairSpec], result: ShardResult) -> None:
+        method = self.config.silhouette or unit.silhouette_default
+        if method == "smpl" and unit.meshes is None:
+            for _ in specs:
+                result.skip("smpl silhouette: no body-model fit for this unit", unit=unit.name)
+            return
+        needed: dict[str, set[int]] = defaultdict(set)
+        for p in specs:
+            needed[p.cam_target].add(p.frame_target)
+            needed[p.cam_reference].add(p.frame_reference)
+        samples: dict[str, list[int]] = {}
+        if method == "bgsub":
+            for cam in list(needed):
+                seen = sorted({f for (t, c, f) in unit.observations if c == cam})
+                idx = np.linspace(0, len(seen) - 1, min(BACKGROUND_SAMPLES, len(seen))).round().astype(int)
+                samples[cam] = sorted({seen[i] for i in idx})
+                needed[cam].update(samples[cam])
+        frames, problems = load_frames(unit, needed)
+        for part, reason in problems:
+            result.skip(reason, unit=part)
+        backgrounds = {}
+        for cam, fs in samples.items():
+            fs = [f for f in fs if (cam, f) in frames]
+            if len(fs) >= 3:
+                boxes = [[b for (t, c, ff), o in unit.observations.items() if c == cam and ff == f
+                          for b in [cropping.person_box(o)] if b is not None] for f in fs]
+                backgrounds[cam] = sil.background_model([frames[(cam, f)] for f in fs], boxes)
+        for p in specs:
+            try:
+                result.pairs.append(self._pair(unit, p, frames, backgrounds, method))
+            except PairSkip as exc:
+                result.skip(str(exc), unit=f"{unit.name}/{p.track}/{p.cam_target}:{p.frame_target}-"
+                                            f"{p.cam_reference}:{p.frame_reference}")
+
+    def _side(self, unit: Unit, track: str, cam: str, frame: int, frames, backgrounds, method: str):
+        c = self.config
+        S = c.image_size
+        img = frames.get((cam, frame))
+        if img is None:
+            raise PairSkip("frame not decoded")
+        obs = unit.observations[(track, cam, frame)]
+        box = cropping.person_box(obs)
+        if box is None:
+            raise PairSkip("no box or keypoints")
+        if max(box[2] - box[0], box[3] - box[1]) < c.min_person_px:
+            raise PairSkip("person too small")
+        h, w = img.shape[:2]
+        inter = max(0.0, min(box[2], w) - max(box[0], 0)) * max(0.0, min(box[3], h) - max(box[1], 0))
+        if inter < 0.5 * max((box[2] - box[0]) * (box[3] - box[1]), 1e-6):
+            raise PairSkip("person mostly outside the frame")
+        cbox = cropping.square_crop_box(box, c.crop_margin, unit.kind)
+        crop = cropping.crop_resize(img, cbox, S)
+        kps = cropping.to_crop(obs.keypoints, cbox, S) if obs.keypoints is not None else None
+        if kps is not None:
+            rough = sil.hand_keypoint_mask(kps, S) if unit.kind == "hand" else sil.body_keypoint_mask(kps, S)
+        else:
+            rough = np.zeros((S, S), np.uint8)
+            b = cropping.to_crop(np.array([[box[0], box[1]], [box[2], box[3]]]), cbox, S)
+            rough[max(0, int(b[0, 1])):int(b[1, 1]) + 1, max(0, int(b[0, 0])):int(b[1, 0]) + 1] = 255
+        if method == "keypoints":
+            mask = rough
+        elif method == "bgsub":
+            if cam not in backgrounds:
+                raise PairSkip("no background model for the camera")
+            bg, known = backgrounds[cam]
+            known_crop = cropping.crop_resize(known.astype(np.uint8), cbox, S, nearest=True) > 0
+            mask = sil.bgsub_mask(crop, cropping.crop_resize(bg, cbox, S), rough, known_crop)
+        elif method == "smpl":
+            cal = unit.calibration.get(cam)
+            if cal is None:
+                raise PairSkip("smpl silhouette: camera not calibrated")
+            verts, faces = unit.meshes(track, frame)
+            uv, z = cal.project(verts)
+            mask = sil.mesh_mask(cropping.to_crop(uv, cbox, S), z, np.asarray(faces), S)
+        else:
+            raise PairSkip(f"unknown silhouette method {method}")
+        if not mask.any():
+            raise PairSkip("empty silhouette")
+        return crop, mask, kps, cropping.crop_box_used(cbox)
+
+    def _pair(self, unit: Unit, p: PairSpec, frames, backgrounds, method: str) -> PairRecord:
+        t_img, t_mask, t_kps, t_box = self._side(unit, p.track, p.cam_target, p.frame_target, frames, backgrounds, method)
+        r_img, r_mask, r_kps, r_box = self._side(unit, p.track, p.cam_reference, p.frame_reference, frames, backgrounds,
+                                                 method)
+        meta = {
+            "source": self.source_name, "kind": p.kind, "split": self._split(unit), "subject": unit.subject,
+            "sequence": unit.name, "track": p.track, "camera_target": p.cam_target,
+            "camera_reference": p.cam_reference, "frame_target": p.frame_target,
+            "frame_reference": p.frame_reference, "time_gap_s": p.time_gap_s,
+            "view_angle_deg": None if p.view_angle_deg is None else round(p.view_angle_deg, 4),
+            "motion": p.motion, "silhouette_method": method, "seed": self.config.seed, "fps": unit.fps,
+            "crop_target_x0": t_box[0], "crop_target_y0": t_box[1], "crop_target_x1": t_box[2], "crop_target_y1": t_box[3],
+            "crop_reference_x0": r_box[0], "crop_reference_y0": r_box[1], "crop_reference_x1": r_box[2],
+            "crop_reference_y1": r_box[3],
+        }
+        if unit.kind == "body":
+            if t_kps is not None and r_kps is not None and len(t_kps) == 17:
+                meta["keypoints_target"] = _kp_list(t_kps)
+                meta["keypoints_reference"] = _kp_list(r_kps)
+                meta["keypoint_format"] = "coco17"
+        elif t_kps is not None and r_kps is not None:
+            meta["hand_keypoints_target"] = _kp_list(t_kps)
+            meta["hand_keypoints_reference"] = _kp_list(r_kps)
+            meta["keypoint_format"] = "interhand21"
+        return PairRecord(t_img, r_img, t_mask, r_mask, meta)
+
+    def _split(self, unit: Unit) -> str:
+        return unit.split
+
+
+def _kp_list(k: np.ndarray) -> list[list[float]]:
+    k = np.asarray(k, np.float64)
+    out = []
+    for x, y, c in k[:, :3]:
+        ok = np.isfinite(x) and np.isfinite(y) and np.isfinite(c)
+        out.append([round(float(x), 3), round(float(y), 3), round(float(c), 4)] if ok else [0.0, 0.0, 0.0])
+    return out
