@@ -80,7 +80,9 @@ def encode_png(array: np.ndarray, level: int = 1) -> bytes:
         raise ValueError(f"PNG needs uint8 or uint16, got {array.dtype}")
     if array.ndim == 3:
         array = np.ascontiguousarray(array[..., ::-1])  # RGB -> BGR for OpenCV
-    ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, level])
+    # RLE: masks and depth maps are runs of equal values; smaller and faster than adaptive filters
+    ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, level,
+                                           cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
     if not ok:
         raise ValueError("PNG encoding failed")
     return buf.tobytes()

@@ -133,6 +133,8 @@ class RealWorker(SourceWorker):
                 for _ in specs:
                     result.skip(f"bad unit: {exc}", unit=unit_name)
                 continue
+            for note in unit.notes:
+                result.skip(f"reader: {note.split(':')[-1].strip()}", unit=f"{unit_name}: {note}")
             self._build_unit(unit, specs, result)
         return result
 

@@ -67,13 +67,13 @@ def _pattern(rng: np.random.Generator, size: int, base: np.ndarray) -> np.ndarra
     other = rng.uniform(0, 255, 3).astype(np.float32)
     yy, xx = pixel_grid(size)
     if kind == "stripes":
-        period = rng.uniform(6, 28)
+        period = rng.uniform(3, 14)  # in half-resolution texels
         ang = rng.uniform(0, np.pi)
         coord = xx * np.cos(ang) + yy * np.sin(ang)
         mask = (np.mod(coord, period) < period * rng.uniform(0.3, 0.6))[..., None]
         return np.where(mask, other, img)
     if kind == "checks":
-        period = rng.uniform(8, 32)
+        period = rng.uniform(4, 16)
         mask = ((np.floor(xx / period) + np.floor(yy / period)) % 2 == 0)[..., None]
         return np.where(mask, 0.5 * (other + img), img)
     noise = smooth_noise(rng, size, octaves=3)[..., None]
@@ -97,15 +97,18 @@ def smooth_noise(rng: np.random.Generator, size: int, octaves: int = 4) -> np.nd
 
 def random_outfit_texture(rng: np.random.Generator, regions: np.ndarray) -> tuple[np.ndarray, dict]:
     """Texture [H, W, 3] uint8 for a region map, and a description of the outfit."""
+    import cv2
+
     size = regions.shape[0]
+    half = max(16, size // 2)  # patterns are drawn at half resolution, upsampled once
     skin = SKIN_TONES[rng.integers(len(SKIN_TONES))] * rng.uniform(0.92, 1.08)
-    skin_img = np.broadcast_to(skin, (size, size, 3)) * (0.95 + 0.1 * smooth_noise(rng, size, 2)[..., None])
+    skin_img = np.broadcast_to(skin, (half, half, 3)) * (0.95 + 0.1 * smooth_noise(rng, half, 2)[..., None])
     long_sleeves = bool(rng.random() < 0.5)
     long_trousers = bool(rng.random() < 0.7)
-    shirt = _pattern(rng, size, rng.uniform(0, 255, 3).astype(np.float32))
-    trousers = _pattern(rng, size, rng.uniform(0, 200, 3).astype(np.float32))
-    shoes = np.broadcast_to(rng.uniform(0, 220, 3).astype(np.float32), (size, size, 3))
-    hair = np.broadcast_to(HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))], (size, size, 3))
+    shirt = _pattern(rng, half, rng.uniform(0, 255, 3).astype(np.float32))
+    trousers = _pattern(rng, half, rng.uniform(0, 200, 3).astype(np.float32))
+    shoes = np.broadcast_to(rng.uniform(0, 220, 3).astype(np.float32), (half, half, 3))
+    hair = np.broadcast_to(HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))], (half, half, 3))
     bald = bool(rng.random() < 0.1)
     layers = {SKIN: skin_img, SHIRT: shirt, SLEEVE: shirt, FOREARM: shirt if long_sleeves else skin_img,
               TROUSERS: trousers, SHIN: trousers if long_trousers else skin_img, SHOES: shoes,
@@ -121,7 +124,8 @@ def random_outfit_texture(rng: np.random.Generator, regions: np.ndarray) -> tupl
             distinct.append(layer)
             i = len(distinct) - 1
         layer_of_region[reg] = i
-    stack = np.stack([np.clip(np.asarray(d), 0, 255).astype(np.uint8) for d in distinct])  # [L, H, W, 3]
+    stack = np.stack([cv2.resize(np.clip(np.asarray(d), 0, 255).astype(np.uint8), (size, size),
+                                 interpolation=cv2.INTER_LINEAR) for d in distinct])  # [L, H, W, 3]
     yy, xx = np.indices(regions.shape)
     tex = stack[layer_of_region[np.clip(regions, 0, None)], yy, xx]
     desc = {"skin_rgb": [round(float(c), 1) for c in skin], "long_sleeves": long_sleeves,

@@ -16,23 +16,25 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def procedural_background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """[size, size, 3] uint8 RGB."""
+    """[size, size, 3] uint8 RGB. The smooth layers (gradient, noise, texture band) are drawn at
+    half resolution and upsampled once; the shapes are drawn at full resolution (sharp edges)."""
     import cv2
 
+    half = max(16, size // 2)
     c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     ang = rng.uniform(0, 2 * np.pi)
-    yy, xx = (g / size for g in pixel_grid(size))
+    yy, xx = (g / half for g in pixel_grid(half))
     g = np.clip(0.5 + (xx - 0.5) * np.cos(ang) + (yy - 0.5) * np.sin(ang), 0, 1)[..., None]
     img = (1 - g) * c0 + g * c1
-    img *= (0.6 + 0.8 * smooth_noise(rng, size, octaves=int(rng.integers(2, 6))))[..., None]
+    img *= (0.6 + 0.8 * smooth_noise(rng, half, octaves=int(rng.integers(2, 6))))[..., None]
     if rng.random() < 0.5:  # a tiled texture band (floor, wall, fence...)
-        period = rng.uniform(6, 40)
+        period = rng.uniform(3, 20)
         t_ang = rng.uniform(0, np.pi)
-        coord = (xx * np.cos(t_ang) + yy * np.sin(t_ang)) * size
+        coord = (xx * np.cos(t_ang) + yy * np.sin(t_ang)) * half
         band = (np.mod(coord, period) < period / 2)[..., None]
         mix = rng.uniform(0.1, 0.4)
         img = np.where(band, img * (1 - mix) + mix * rng.uniform(0, 255, 3), img)
-    img = np.clip(img, 0, 255).astype(np.uint8)
+    img = cv2.resize(np.clip(img, 0, 255).astype(np.uint8), (size, size), interpolation=cv2.INTER_LINEAR)
     for _ in range(int(rng.integers(0, 8))):
         colour = tuple(float(c) for c in rng.uniform(0, 255, 3))
         x, y = (int(v) for v in rng.integers(0, size, 2))

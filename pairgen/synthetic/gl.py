@@ -178,8 +178,9 @@ class GLBodyRenderer:
         if texture.shape != (self.texture_size, self.texture_size, 3):
             raise ValueError(f"texture must be {self.texture_size}x{self.texture_size}x3")
         # Texture rows are painted top row = v 1 (as pyrender uploads them): upload bottom row first.
+        tex = np.ascontiguousarray(texture[::-1], dtype=np.uint8)
         gl.glTexSubImage2D(gl.GL_TEXTURE_2D, 0, 0, 0, self.texture_size, self.texture_size, gl.GL_RGB,
-                           gl.GL_UNSIGNED_BYTE, np.ascontiguousarray(texture[::-1], dtype=np.uint8))
+                           gl.GL_UNSIGNED_BYTE, tex.ctypes.data_as(ctypes.c_void_p))
         lights = list(lights)[:MAX_LIGHTS]
         u = self._uniforms
         gl.glUniform3f(u["ambient"], *(float(a) for a in ambient))
@@ -192,10 +193,12 @@ class GLBodyRenderer:
         results, last = [], None
         for vertices, normals, camera in views:
             if vertices is not last:
-                gl.glBindBuffer(gl.GL_ARRAY_BUFFER, self.vbo_pos)
-                gl.glBufferSubData(gl.GL_ARRAY_BUFFER, 0, None, np.ascontiguousarray(vertices, dtype=np.float32))
-                gl.glBindBuffer(gl.GL_ARRAY_BUFFER, self.vbo_nrm)
-                gl.glBufferSubData(gl.GL_ARRAY_BUFFER, 0, None, np.ascontiguousarray(normals, dtype=np.float32))
+                for vbo, arr in ((self.vbo_pos, vertices), (self.vbo_nrm, normals)):
+                    a = np.ascontiguousarray(arr, dtype=np.float32)
+                    if a.shape != (self.n_vertices, 3):
+                        raise ValueError(f"expected {self.n_vertices}x3 vertex data, got {a.shape}")
+                    gl.glBindBuffer(gl.GL_ARRAY_BUFFER, vbo)
+                    gl.glBufferSubData(gl.GL_ARRAY_BUFFER, 0, a.nbytes, a.ctypes.data_as(ctypes.c_void_p))
                 last = vertices
             results.append(self._draw(camera))
         return results
@@ -209,10 +212,12 @@ class GLBodyRenderer:
         gl.glClear(gl.GL_COLOR_BUFFER_BIT | gl.GL_DEPTH_BUFFER_BIT)
         gl.glDrawElements(gl.GL_TRIANGLES, self.n_indices, gl.GL_UNSIGNED_INT, ctypes.c_void_p(0))
         W, H = self.width, self.height
-        colour = gl.glReadPixels(0, 0, W, H, gl.GL_RGB, gl.GL_UNSIGNED_BYTE)
-        colour = np.frombuffer(colour, np.uint8).reshape(H, W, 3)[::-1].copy()
-        d = gl.glReadPixels(0, 0, W, H, gl.GL_DEPTH_COMPONENT, gl.GL_FLOAT)
-        d = np.frombuffer(d, np.float32).reshape(H, W)[::-1]
+        colour = np.empty((H, W, 3), np.uint8)
+        d = np.empty((H, W), np.float32)
+        gl.glReadPixels(0, 0, W, H, gl.GL_RGB, gl.GL_UNSIGNED_BYTE, colour.ctypes.data_as(ctypes.c_void_p))
+        gl.glReadPixels(0, 0, W, H, gl.GL_DEPTH_COMPONENT, gl.GL_FLOAT, d.ctypes.data_as(ctypes.c_void_p))
+        colour = colour[::-1].copy()
+        d = d[::-1]
         z_ndc = 2.0 * d - 1.0
         depth = (2.0 * FAR * NEAR / ((FAR + NEAR) - z_ndc * (FAR - NEAR))).astype(np.float32)
         depth[d >= 1.0] = 0.0

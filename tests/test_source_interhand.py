@@ -1,0 +1,219 @@
+"""InterHand2.6M source: reader on a rendered fixture in the real layout, end-to-end builds,
+geometry and silhouettes against the fixture's ground truth, faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from manifests import layout
+from manifests.sample import decode_sample, iter_tar_samples
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fixtures_interhand import make_interhand_fixture  # noqa: E402
+
+TRAIN_A = "train/Capture0/0000_fixture_clap"
+TRAIN_B = "train/Capture1/0001_fixture_wave"
+VAL = "val/Capture0/ROM01_fixture_interaction"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, synthetic_worker):
+    root = tmp_path_factory.mktemp("interhand") / "InterHand2.6M"
+    truth = make_interhand_fixture(root, synthetic_worker.generator.body)
+    return root, truth
+
+
+def _build(root, out, *extra):
+    from pairgen.cli import main
+
+    rc = main(["build", "--source", "interhand", "--root", str(root), "--out", str(out), "--local", "--quiet",
+               "--num-pairs", "60", "--shard-size", "30", *extra])
+    return rc
+
+
+def _samples(out):
+    for url in layout.shard_urls(out):
+        for key, members in iter_tar_samples(url):
+            yield decode_sample(key, members)
+
+
+def _stats(out):
+    return [json.loads(p.read_text()) for p in sorted((Path(out) / "stats").glob("*.json"))]
+
+
+@pytest.fixture(scope="module")
+def keypoints_build(dataset, tmp_path_factory):
+    from pairgen.cli import main
+
+    root, _ = dataset
+    out = tmp_path_factory.mktemp("ih_kp") / "shards"
+    assert _build(root, out) == 0
+    assert main(["verify", str(out)]) == 0
+    return out
+
+
+def _iou(a, b):
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+def _gt_crop_mask(mask, box, size):
+    from pairgen.real.crop import crop_resize
+
+    return crop_resize(mask.astype(np.uint8) * 255, np.array(box), size, nearest=True) > 127
+
+
+def _crop_points(pts, box, size):
+    x0, y0, x1, _ = box
+    s = size / (x1 - x0)
+    return np.stack([(pts[:, 0] - x0 + 0.5) * s - 0.5, (pts[:, 1] - y0 + 0.5) * s - 0.5], 1)
+
+
+def _check_pairs(samples, truth, method_min_iou):
+    """Geometry of every pair against the fixture; returns (mean IoU, counts)."""
+    units = truth["units"]
+    ious, counts = [], {"cross_view": 0, "cross_pose": 0}
+    for s in samples:
+        m = s.meta
+        u = units[m["sequence"]]
+        assert m["split"] == u.split and m["subject"] == str(u.subject) and m["track"] in ("right", "left")
+        counts[m["kind"]] += 1
+        ft, fr, ct, cr = m["frame_target"], m["frame_reference"], m["camera_target"], m["camera_reference"]
+        if m["kind"] == "cross_view":
+            assert ft == fr and ct != cr and m["time_gap_s"] is None
+            X = u.joints[ft][m["track"]]  # mm
+            c = X.mean(0)
+            ca, cb = (u.cameras[k].center * 1000.0 for k in (ct, cr))
+            da, db = c - ca, c - cb
+            ang = np.degrees(np.arccos(np.clip(da @ db / np.linalg.norm(da) / np.linalg.norm(db), -1, 1)))
+            assert abs(ang - m["view_angle_deg"]) < 0.05, (ang, m["view_angle_deg"])
+        else:
+            assert ct == cr and ft != fr
+            assert abs(m["time_gap_s"] - abs(u.times[ft] - u.times[fr])) < 1e-6
+        size = s.target.shape[0]
+        for side, cam, frame, mask in (("target", ct, ft, s.target_mask), ("reference", cr, fr, s.reference_mask)):
+            box = [m[f"crop_{side}_{k}"] for k in ("x0", "y0", "x1", "y1")]
+            cm = u.cameras[cam]
+            uv, _ = cm.project(u.joints[frame][m["track"]] / 1000.0)
+            inside = (uv[:, 0] >= 0) & (uv[:, 0] < cm.width) & (uv[:, 1] >= 0) & (uv[:, 1] < cm.height)
+            q = _crop_points(uv[inside], box, size)
+            assert ((q >= -0.5) & (q <= size - 0.5)).all(), "a projected joint falls outside the crop"
+            gt = _gt_crop_mask(u.masks[(m["track"], cam, frame)], box, size)
+            ious.append(_iou(mask > 127, gt))
+    mean_iou = float(np.mean(ious))
+    assert mean_iou >= method_min_iou, mean_iou
+    return mean_iou, counts
+
+
+def test_reader_units_observations_and_time(dataset):
+    from pairgen.sources.interhand import InterHandReader
+
+    root, truth = dataset
+    r = InterHandReader(str(root), {})
+    r.check()
+    assert r.unit_names() == [(TRAIN_A, "train"), (TRAIN_B, "train"), (VAL, "val")]
+    for name, ut in truth["units"].items():
+        u = r.load(name)
+        assert u.kind == "hand" and u.split == ut.split and u.subject == str(ut.subject)
+        assert u.frames == ut.frames and u.notes == []
+        # frame ids step by 18 (train, 90 fps numbering) or 6 (val, 30 fps numbering): 0.2 s apart
+        assert u.fps == (90.0 if ut.split == "train" else 30.0)
+        for fa in ut.frames:
+            assert abs((fa - ut.frames[0]) / u.fps - ut.times[fa]) < 1e-9
+        for (hand, cam, fr), n in ut.visible.items():
+            obs = u.observations.get((hand, cam, fr))
+            assert (obs is not None) == (n >= 8)
+            if obs is None:
+                continue
+            uv, _ = ut.cameras[cam].project(ut.joints[fr][hand] / 1000.0)
+            ok = obs.keypoints[:, 2] > 0
+            assert ok.sum() == n
+            assert np.abs(obs.keypoints[ok, :2] - uv[ok]).max() < 0.05  # mm JSON rounding
+        for cam, cal in u.calibration.items():
+            assert np.allclose(cal.center, ut.cameras[cam].center * 1000.0, atol=1e-6)
+            assert u.image_path(cam, ut.frames[0]).is_file()
+
+
+def test_build_keypoints_geometry_and_iou(dataset, keypoints_build):
+    root, truth = dataset
+    df = pd.read_parquet(keypoints_build / "manifest")
+    assert set(df["kind"]) == {"cross_view", "cross_pose"}
+    assert df["track"].isin(["right", "left"]).all() and df["split"].notna().all() and df["subject"].notna().all()
+    assert set(df["split"]) == {"train", "val"}
+    assert (df["silhouette_method"] == "keypoints").all()
+    iou, counts = _check_pairs(list(_samples(keypoints_build)), truth, 0.5)
+    assert abs(counts["cross_view"] - counts["cross_pose"]) <= 0.2 * sum(counts.values()), counts
+    print(f"keypoints IoU {iou:.3f} pairs {counts}")
+
+
+def test_build_bgsub_iou(dataset, tmp_path):
+    root, truth = dataset
+    out = tmp_path / "shards"
+    assert _build(root, out, "--silhouette", "bgsub", "--num-pairs", "30") == 0
+    iou, counts = _check_pairs(list(_samples(out)), truth, 0.7)
+    print(f"bgsub IoU {iou:.3f} pairs {counts}")
+
+
+def test_split_train_only_and_console_script(dataset, tmp_path):
+    root, _ = dataset
+    out = tmp_path / "shards"
+    exe = Path(sys.executable).parent / "pairgen"
+    env = dict(os.environ, PYOPENGL_PLATFORM="osmesa")
+    p = subprocess.run([str(exe), "build", "--source", "interhand", "--root", str(root), "--out", str(out),
+                        "--local", "--quiet", "--split", "train", "--num-pairs", "16", "--shard-size", "8"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([str(exe), "verify", str(out)], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    df = pd.read_parquet(out / "manifest")
+    assert len(df) > 0 and (df["split"] == "train").all()
+    assert df["sequence"].str.startswith("train/").all()
+
+
+def test_faults_are_skipped_and_named(dataset, synthetic_worker, tmp_path):
+    from pairgen.cli import main
+    from pairgen.sources.interhand import InterHandReader
+
+    root = tmp_path / "ih"
+    truth = make_interhand_fixture(root, synthetic_worker.generator.body, frames=6, val_frames=4,
+                                   faults=("corrupt_jpeg", "missing_camera", "bad_camera", "bad_joint3d"))
+    # the reader: bad units raise BadUnit with the reason; the missing camera folder is counted
+    from pairgen.real.types import BadUnit
+
+    r = InterHandReader(str(root), {})
+    with pytest.raises(BadUnit, match="camera.json: capture 1 malformed"):
+        r.load(TRAIN_B)
+    with pytest.raises(BadUnit, match="joint_3d.json: malformed"):
+        r.load(VAL)
+    u = r.load(TRAIN_A)
+    cam = truth["faults"]["missing_camera"][1]
+    assert cam not in u.cameras and u.notes == [f"cam{cam}: image folder missing (6 images skipped)"]
+
+    out = tmp_path / "shards"
+    assert main(["build", "--source", "interhand", "--root", str(root), "--out", str(out), "--local", "--quiet",
+                 "--num-pairs", "60", "--shard-size", "100"]) == 0
+    assert main(["verify", str(out)]) == 0
+    stats = _stats(out)
+    named = [s for st in stats for s in st.get("skipped_units", [])]
+    by_unit = {s["unit"]: s["reason"] for s in named}
+    assert "camera.json" in by_unit[TRAIN_B] and "malformed" in by_unit[TRAIN_B]
+    assert "joint_3d.json" in by_unit[VAL]
+    bad_jpeg = Path(truth["faults"]["corrupt_jpeg"])
+    frame = int(bad_jpeg.stem[5:])
+    cam_bad = bad_jpeg.parent.name[3:]
+    hits = [s for s in named if s["unit"].startswith(TRAIN_A) and
+            (f"{cam_bad}:{frame}" in s["unit"] or bad_jpeg.name in (s.get("detail") or "") + s["reason"] + s["unit"])]
+    assert hits, named
+    # the reader's note on the missing camera folder reaches the stats, with the unit named
+    assert any(s["unit"].startswith(TRAIN_A) and f"cam{cam}: image folder missing" in s["unit"] for s in named), named
+    df = pd.read_parquet(out / "manifest")
+    assert set(df["sequence"]) == {TRAIN_A}
+    assert not ((df["camera_target"] == cam) | (df["camera_reference"] == cam)).any()
+    print("skipped:", {k: v for st in stats for k, v in st.get("skipped", {}).items()})
