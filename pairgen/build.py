@@ -75,6 +75,7 @@ def build_shard(worker: SourceWorker, task: ShardTask, config: BuildConfig) -> d
     stats = {
         "source": task.source, "index": task.index, "planned": task.planned, "seed": config.seed,
         "kinds": dict(sorted(kinds.items())), "skipped": result.skipped, "skipped_units": result.skipped_units,
+        "metrics": {k: round(v, 4) if isinstance(v, float) else v for k, v in result.metrics.items()},
         "build_s": round(time.time() - t0, 4), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     return write_shard(Path(config.out), name, samples, rows, stats)

@@ -32,6 +32,7 @@ class ShardResult:
     pairs: list[PairRecord]
     skipped: dict[str, int] = field(default_factory=dict)
     skipped_units: list[dict] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)  # e.g. decoded_frames, decode_s (written to the stats)
 
     def skip(self, reason: str, unit: str | None = None, detail: str | None = None, keep: int = 50) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1

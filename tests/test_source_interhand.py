@@ -122,7 +122,7 @@ def test_reader_units_observations_and_time(dataset):
     for name, ut in truth["units"].items():
         u = r.load(name)
         assert u.kind == "hand" and u.split == ut.split and u.subject == str(ut.subject)
-        assert u.frames == ut.frames and u.notes == []
+        assert u.frames == ut.frames and u.skipped == []
         # frame ids step by 18 (train, 90 fps numbering) or 6 (val, 30 fps numbering): 0.2 s apart
         assert u.fps == (90.0 if ut.split == "train" else 30.0)
         for fa in ut.frames:
@@ -194,7 +194,7 @@ def test_faults_are_skipped_and_named(dataset, synthetic_worker, tmp_path):
         r.load(VAL)
     u = r.load(TRAIN_A)
     cam = truth["faults"]["missing_camera"][1]
-    assert cam not in u.cameras and u.notes == [f"cam{cam}: image folder missing (6 images skipped)"]
+    assert cam not in u.cameras and u.skipped == [(f"cam{cam}", "image folder missing", "6 images skipped")]
 
     out = tmp_path / "shards"
     assert main(["build", "--source", "interhand", "--root", str(root), "--out", str(out), "--local", "--quiet",
@@ -212,7 +212,7 @@ def test_faults_are_skipped_and_named(dataset, synthetic_worker, tmp_path):
             (f"{cam_bad}:{frame}" in s["unit"] or bad_jpeg.name in (s.get("detail") or "") + s["reason"] + s["unit"])]
     assert hits, named
     # the reader's note on the missing camera folder reaches the stats, with the unit named
-    assert any(s["unit"].startswith(TRAIN_A) and f"cam{cam}: image folder missing" in s["unit"] for s in named), named
+    assert any(s["unit"] == f"{TRAIN_A}/cam{cam}" and s["reason"] == "image folder missing" for s in named), named
     df = pd.read_parquet(out / "manifest")
     assert set(df["sequence"]) == {TRAIN_A}
     assert not ((df["camera_target"] == cam) | (df["camera_reference"] == cam)).any()

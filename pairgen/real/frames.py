@@ -16,12 +16,14 @@ class FrameError(Exception):
     """A video or image could not be (fully) decoded; the message says what and where."""
 
 
-def decode_video(path: Path, wanted: set[int], fps: float) -> tuple[dict[int, np.ndarray], str | None]:
+def decode_video(path: Path, wanted: set[int], fps: float,
+                 counter: dict | None = None) -> tuple[dict[int, np.ndarray], str | None]:
     """Frames ``wanted`` (indices at ``fps``) of a video as RGB arrays, in one sequential pass.
 
     Frame index = floor(timestamp * fps) (AIST's rule: 60 fps, rounded down); without timestamps,
     the decode order. Returns (frames, error): a truncated or damaged file yields the frames
     decoded before the damage and an error message (missing frames are the caller's to count).
+    ``counter`` (optional) accumulates ``decoded_frames``.
     """
     import av
 
@@ -38,6 +40,8 @@ def decode_video(path: Path, wanted: set[int], fps: float) -> tuple[dict[int, np
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for n, frame in enumerate(container.decode(stream)):
+            if counter is not None:
+                counter["decoded_frames"] = counter.get("decoded_frames", 0) + 1
             t = frame.time
             idx = int(np.floor(t * fps + 1e-6)) if t is not None else n
             if idx in wanted and idx not in out:
@@ -74,11 +78,17 @@ def read_image(path: Path) -> np.ndarray:
     return np.ascontiguousarray(img[..., ::-1])
 
 
-def load_frames(unit, needed: dict[str, set[int]]) -> tuple[dict[tuple[str, int], np.ndarray], list[tuple[str, str]]]:
+def load_frames(unit, needed: dict[str, set[int]],
+                metrics: dict | None = None) -> tuple[dict[tuple[str, int], np.ndarray], list[tuple[str, str]]]:
     """Decode what ``needed`` ({camera: frame ids}) asks for, once each.
 
     Returns ({(cam, frame): RGB}, [(unit part, reason)] for what could not be decoded).
+    ``metrics`` (optional) accumulates decoded_frames and decode_s (for the benchmarks).
     """
+    import time
+
+    t0 = time.perf_counter()
+    metrics = metrics if metrics is not None else {}
     mode, spec = unit.images
     frames: dict[tuple[str, int], np.ndarray] = {}
     problems: list[tuple[str, str]] = []
@@ -89,7 +99,7 @@ def load_frames(unit, needed: dict[str, set[int]]) -> tuple[dict[tuple[str, int]
             if path is None or not Path(path).exists():
                 problems.append((f"{unit.name}/{cam}", "missing video"))
                 continue
-            got, err = decode_video(Path(path), wanted, unit.fps)
+            got, err = decode_video(Path(path), wanted, unit.fps, metrics)
             frames.update({(cam, f): img for f, img in got.items()})
             if err:
                 problems.append((f"{unit.name}/{cam}", err))
@@ -97,6 +107,8 @@ def load_frames(unit, needed: dict[str, set[int]]) -> tuple[dict[tuple[str, int]
             for f in sorted(wanted):
                 try:
                     frames[(cam, f)] = read_image(unit.image_path(cam, f))
+                    metrics["decoded_frames"] = metrics.get("decoded_frames", 0) + 1
                 except FrameError as exc:
                     problems.append((f"{unit.name}/{cam}/{f}", str(exc)))
+    metrics["decode_s"] = metrics.get("decode_s", 0.0) + time.perf_counter() - t0
     return frames, problems

@@ -133,8 +133,8 @@ class RealWorker(SourceWorker):
                 for _ in specs:
                     result.skip(f"bad unit: {exc}", unit=unit_name)
                 continue
-            for note in unit.notes:
-                result.skip(f"reader: {note.split(':')[-1].strip()}", unit=f"{unit_name}: {note}")
+            for part, reason, detail in unit.skipped:
+                result.skip(reason, unit=f"{unit_name}/{part}", detail=detail or None)
             self._build_unit(unit, specs, result)
         return result
 
@@ -155,7 +155,7 @@ class RealWorker(SourceWorker):
                 idx = np.linspace(0, len(seen) - 1, min(BACKGROUND_SAMPLES, len(seen))).round().astype(int)
                 samples[cam] = sorted({seen[i] for i in idx})
                 needed[cam].update(samples[cam])
-        frames, problems = load_frames(unit, needed)
+        frames, problems = load_frames(unit, needed, result.metrics)
         for part, reason in problems:
             result.skip(reason, unit=part)
         backgrounds = {}
@@ -209,7 +209,10 @@ class RealWorker(SourceWorker):
             cal = unit.calibration.get(cam)
             if cal is None:
                 raise PairSkip("smpl silhouette: camera not calibrated")
-            verts, faces = unit.meshes(track, frame)
+            try:
+                verts, faces = unit.meshes(track, frame)
+            except BadUnit as exc:
+                raise PairSkip(f"smpl mesh: {exc}") from exc
             uv, z = cal.project(verts)
             mask = sil.mesh_mask(cropping.to_crop(uv, cbox, S), z, np.asarray(faces), S)
         else:

@@ -82,9 +82,9 @@ class Unit:
       ``smpl`` silhouette (a body/hand model fit; None when the user gave no model files).
     - ``joints3d``: optional ``fn(track, frame) -> [J, 3]`` world joints (for crops and checks).
     - ``kind``: "body" or "hand" (hands get one crop per visible hand; tracks are "left"/"right").
-    - ``notes``: one line per thing the reader dropped while loading (a missing camera folder,
-      images without annotations); each becomes a counted, named skip in the stats of the
-      shard that builds the unit.
+    - ``skipped``: what the reader dropped while loading, as (part, reason, detail), e.g.
+      ("camera 60", "project.txt disagrees with K R [I|-C]", "relative error 0.2"); each becomes a
+      counted skip named ``<unit>/<part>`` in the stats of the shard that builds the unit.
     """
 
     name: str
@@ -100,7 +100,7 @@ class Unit:
     joints3d: Callable[[str, int], np.ndarray] | None = None
     kind: str = "body"
     silhouette_default: str = "keypoints"  # the source's sensible default method
-    notes: list[str] = field(default_factory=list)  # what the reader dropped (counted in the shard stats)
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (part, reason, detail) the reader dropped
 
     def image_path(self, cam: str, frame: int) -> Path:
         mode, spec = self.images

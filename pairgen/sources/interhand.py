@@ -34,7 +34,7 @@ directory with MANO_RIGHT/LEFT .pkl, or one of the files): meshes come from
 shapedirs sign fix as in the official tools).
 
 Missing image files/camera folders (listed in ``_data.json`` but absent) and cameras absent
-from the calibration are dropped and counted in ``unit.notes`` (a list of strings).
+from the calibration are dropped and counted in ``unit.skipped`` ((part, reason, detail) tuples).
 Malformed ``_camera.json`` / ``_joint_3d.json`` / ``_data.json`` raise :class:`BadUnit` for
 the affected units (the whole split when the file does not parse, one capture when its entry
 is malformed).
@@ -276,7 +276,7 @@ class InterHandReader(Reader):
         img_root = self.root / "images" / split
         listing = self._listing(img_root / cname / seq)
         records = self._data(split, capture, seq)
-        notes: list[str] = []
+        skipped: list[tuple[str, str, str]] = []
         missing_cam: Counter = Counter()
         missing_file = 0
         subject = None
@@ -298,14 +298,14 @@ class InterHandReader(Reader):
                     continue
                 images.append((cam, fr, p, w, h, ann))
         for cam, n in sorted(missing_cam.items()):
-            notes.append(f"cam{cam}: image folder missing ({n} images skipped)")
+            skipped.append((f"cam{cam}", "image folder missing", f"{n} images skipped"))
         if missing_file:
-            notes.append(f"{missing_file} image files listed in _data.json missing")
+            skipped.append(("images", "image files listed in _data.json missing", f"{missing_file} images"))
         if not images:
-            raise BadUnit(f"{name}: no images" + (f" ({'; '.join(notes)})" if notes else ""))
+            raise BadUnit(f"{name}: no images" + (f" ({'; '.join(f'{p}: {r}' for p, r, _ in skipped)})" if skipped else ""))
         uncal = Counter(cam for cam, *_ in images if cam not in calib)
         for cam, n in sorted(uncal.items()):
-            notes.append(f"cam{cam}: not in the calibration ({n} images skipped)")
+            skipped.append((f"cam{cam}", "not in the calibration", f"{n} images skipped"))
         images = [im for im in images if im[0] in calib]
 
         world: dict[int, np.ndarray] = {}
@@ -380,7 +380,7 @@ class InterHandReader(Reader):
             joints3d=functools.partial(_joints_of, world, valid3),
             kind="hand", silhouette_default="keypoints")
         unit.meshes = self._meshes(split, capture)
-        unit.notes = notes
+        unit.skipped = skipped
         return unit
 
     # -- MANO (optional) ---------------------------------------------------------------------
