@@ -174,6 +174,24 @@ def bench_real(args) -> int:
             print(f"  raw JPEG decode + encode limit:  {r['limit_pairs_per_s']:.1f} pairs/s (1 core)")
             print(f"  ratio:                           {r['ratio']:.2f} (goal >= 0.7)")
             return 0
+        if args.source == "humbi":
+            from fixtures_humbi import make_humbi_fixture
+            from pairgen.sources.humbi import HumbiReader
+
+            make_humbi_fixture(root, body, subjects=(1,), frames=args.frames, width=1920, height=1080,
+                               keep_masks=False)
+            reader = HumbiReader(root, {})
+
+            def image_path(seq, cam, frame):
+                return str(reader.load(seq).image_path(cam, frame))
+
+            r = bench_jpeg_source("humbi", root, args.num_pairs, args.workers, image_path)
+            print(f"humbi fixture (1 subject, 8 cameras, {args.frames} frames, 1920x1080 JPEGs), {args.workers} workers, "
+                  f"{r['pairs']} pairs, wall {r['wall_s']:.1f} s")
+            print(f"  pipeline steady state:           {r['steady_pairs_per_s_per_core']:.1f} pairs/s per core")
+            print(f"  raw JPEG decode + encode limit:  {r['limit_pairs_per_s']:.1f} pairs/s (1 core)")
+            print(f"  ratio:                           {r['ratio']:.2f}")
+            return 0
         print(f"bench_pairgen: source {args.source!r} has no benchmark yet", file=sys.stderr)
         return 2
     finally:

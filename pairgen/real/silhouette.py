@@ -20,17 +20,15 @@ _FINGERS = [list(range(4 * f, 4 * f + 4)) for f in range(5)]
 _WRIST = 20
 
 
-def _ok(k: np.ndarray, i: int, min_conf: float) -> bool:
-    return bool(np.isfinite(k[i]).all() and k[i, 2] > min_conf)
-
-
 def body_keypoint_mask(kps: np.ndarray, size: int, min_conf: float = 0.05) -> np.ndarray:
     """Mask from COCO-17 keypoints [17, 3] already in crop pixels."""
     import cv2
 
     k = np.asarray(kps, np.float64)
     mask = np.zeros((size, size), np.uint8)
-    pts = {i: k[i, :2] for i in range(len(k)) if _ok(k, i, min_conf)}
+    ok = np.isfinite(k).all(1) & (k[:, 2] > min_conf)
+    pts = {i: k[i, :2] for i in np.nonzero(ok)[0]}
+    ip = {i: tuple(int(v) for v in np.round(k[i, :2])) for i in pts}
     if len(pts) < 2:
         return mask
     arr = np.array(list(pts.values()))
@@ -50,17 +48,17 @@ def body_keypoint_mask(kps: np.ndarray, size: int, min_conf: float = 0.05) -> np
     for a, b, w in _LIMBS:
         if a in pts and b in pts:
             t = max(2, int(round(w * scale)))
-            cv2.line(mask, tuple(int(round(v)) for v in pts[a]), tuple(int(round(v)) for v in pts[b]), 255, t)
-            for p in (pts[a], pts[b]):
-                cv2.circle(mask, tuple(int(round(v)) for v in p), t // 2, 255, -1)
+            cv2.line(mask, ip[a], ip[b], 255, t)
+            cv2.circle(mask, ip[a], t // 2, 255, -1)
+            cv2.circle(mask, ip[b], t // 2, 255, -1)
     head = [pts[i] for i in range(5) if i in pts]
     if head:
         c = np.mean(head, axis=0)
         r = max(3, int(round(0.38 * scale)))
-        cv2.circle(mask, tuple(int(round(v)) for v in c), r, 255, -1)
+        cv2.circle(mask, (int(round(c[0])), int(round(c[1]))), r, 255, -1)
         if 5 in pts and 6 in pts:  # neck
             neck = (pts[5] + pts[6]) / 2
-            cv2.line(mask, tuple(int(round(v)) for v in c), tuple(int(round(v)) for v in neck), 255,
+            cv2.line(mask, (int(round(c[0])), int(round(c[1]))), (int(round(neck[0])), int(round(neck[1]))), 255,
                      max(2, int(round(0.3 * scale))))
     return mask
 
@@ -71,7 +69,9 @@ def hand_keypoint_mask(kps: np.ndarray, size: int, min_conf: float = 0.05) -> np
 
     k = np.asarray(kps, np.float64)
     mask = np.zeros((size, size), np.uint8)
-    pts = {i: k[i, :2] for i in range(len(k)) if _ok(k, i, min_conf)}
+    ok = np.isfinite(k).all(1) & (k[:, 2] > min_conf)
+    pts = {i: k[i, :2] for i in np.nonzero(ok)[0]}
+    ip = {i: tuple(int(v) for v in np.round(k[i, :2])) for i in pts}
     if len(pts) < 2:
         return mask
     arr = np.array(list(pts.values()))
@@ -88,9 +88,9 @@ def hand_keypoint_mask(kps: np.ndarray, size: int, min_conf: float = 0.05) -> np
         if _WRIST in pts and chain:
             chain = [_WRIST] + chain
         for a, b in zip(chain, chain[1:]):
-            cv2.line(mask, tuple(int(round(v)) for v in pts[a]), tuple(int(round(v)) for v in pts[b]), 255, t)
+            cv2.line(mask, ip[a], ip[b], 255, t)
         for i in chain:
-            cv2.circle(mask, tuple(int(round(v)) for v in pts[i]), t // 2, 255, -1)
+            cv2.circle(mask, ip[i], t // 2, 255, -1)
     return mask
 
 

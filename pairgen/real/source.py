@@ -252,9 +252,7 @@ class RealWorker(SourceWorker):
 
 
 def _kp_list(k: np.ndarray) -> list[list[float]]:
-    k = np.asarray(k, np.float64)
-    out = []
-    for x, y, c in k[:, :3]:
-        ok = np.isfinite(x) and np.isfinite(y) and np.isfinite(c)
-        out.append([round(float(x), 3), round(float(y), 3), round(float(c), 4)] if ok else [0.0, 0.0, 0.0])
-    return out
+    """[J, 3] keypoints as JSON lists (non-finite joints become [0, 0, 0]: not labelled)."""
+    k = np.asarray(k, np.float64)[:, :3]
+    k = np.where(np.isfinite(k).all(1, keepdims=True), k, 0.0)
+    return np.column_stack([np.round(k[:, :2], 3), np.round(k[:, 2:], 4)]).tolist()
