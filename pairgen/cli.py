@@ -56,6 +56,8 @@ def _add_build(sub) -> None:
     r.add_argument("--crop-margin", type=float, default=d.crop_margin, help="context around the person [%(default)s]")
     r.add_argument("--min-person-px", type=int, default=d.min_person_px, help="skip smaller people [%(default)s]")
     r.add_argument("--mano-model", default=None, help="MANO model file/dir for hand `smpl` silhouettes")
+    r.add_argument("--reader-option", dest="reader_options", action="append", default=[], metavar="KEY=VALUE",
+                   help="dataset-specific setting, repeatable (listed by `pairgen sources`)")
     g = p.add_argument_group("synthetic source")
     g.add_argument("--body", default=d.body, choices=("anny", "smpl"), help="body model [%(default)s]")
     g.add_argument("--smpl-model", default=None, help="SMPL-format .pkl (your licensed file) for --body smpl")
@@ -72,7 +74,9 @@ def cmd_build(args) -> int:
     from pairgen.build import BuildError, run_build
 
     names = {f.name for f in fields(BuildConfig)}
-    cfg = BuildConfig(**{k: v for k, v in vars(args).items() if k in names})
+    kw = {k: v for k, v in vars(args).items() if k in names}
+    kw["reader_options"] = tuple(kw.get("reader_options") or ())
+    cfg = BuildConfig(**kw)
     try:
         summary = run_build(cfg, progress=not args.quiet)
     except BuildError as exc:

@@ -34,6 +34,7 @@ class BuildConfig:
     crop_margin: float = 0.2  # extra context around the person box, as a fraction of its side
     min_person_px: int = 48  # skip people whose box is smaller than this (pixels, longer side)
     mano_model: str | None = None  # MANO .pkl/.npz directory or file for the `smpl` silhouette of hands
+    reader_options: tuple[str, ...] = ()  # dataset-specific KEY=VALUE settings (see `pairgen sources`)
     # synthetic source
     body: str = "anny"  # anny | smpl
     smpl_model: str | None = None  # SMPL-format .pkl for --body smpl (the user's licensed file)
@@ -49,7 +50,7 @@ class BuildConfig:
                      "cross_view_fraction", "jpeg_quality", "split", "body", "smpl_model", "motions",
                      "backgrounds", "min_gap_s", "max_gap_s", "min_azimuth_deg", "max_azimuth_deg",
                      "annotations", "videos", "silhouette", "min_view_angle_deg", "crop_margin",
-                     "min_person_px", "mano_model")
+                     "min_person_px", "mano_model", "reader_options")
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message for any bad setting."""
@@ -76,6 +77,9 @@ class BuildConfig:
             raise ValueError(f"--silhouette takes keypoints, bgsub or smpl (got {self.silhouette})")
         if not 0 <= self.min_view_angle_deg <= 180:
             raise ValueError("--min-view-angle-deg must be in [0, 180]")
+        bad_opts = [o for o in self.reader_options if "=" not in o or not o.split("=", 1)[0].strip()]
+        if bad_opts:
+            raise ValueError(f"--reader-option takes KEY=VALUE (got {', '.join(bad_opts)})")
         if self.crop_margin < 0:
             raise ValueError("--crop-margin must be >= 0")
         if self.body not in ("anny", "smpl"):
@@ -95,6 +99,7 @@ class BuildConfig:
     def to_json(self) -> dict:
         d = asdict(self)
         d["kinds"] = list(self.kinds)
+        d["reader_options"] = list(self.reader_options)
         return d
 
     def output_identity(self) -> dict:
@@ -107,4 +112,6 @@ class BuildConfig:
         kw = {k: v for k, v in d.items() if k in names}
         if "kinds" in kw:
             kw["kinds"] = tuple(kw["kinds"])
+        if "reader_options" in kw:
+            kw["reader_options"] = tuple(kw["reader_options"])
         return cls(**kw)

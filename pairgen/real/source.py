@@ -43,8 +43,12 @@ class RealSource(Source):
 
     def reader_options(self) -> dict:
         c = self.config
-        return {"annotations": c.annotations, "videos": c.videos, "split": c.split, "smpl_model": c.smpl_model,
+        opts = {"annotations": c.annotations, "videos": c.videos, "split": c.split, "smpl_model": c.smpl_model,
                 "mano_model": c.mano_model}
+        for item in c.reader_options:  # --reader-option KEY=VALUE (strings; the reader parses them)
+            key, _, value = item.partition("=")
+            opts[key.strip()] = value.strip()
+        return opts
 
     def make_reader(self) -> Reader:
         return self.reader_cls(self.config.root, self.reader_options())
