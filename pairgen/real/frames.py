@@ -13,16 +13,20 @@ import numpy as np
 
 
 class FrameError(Exception):
-    """A video or image could not be (fully) decoded; the message says what and where."""
+    """An image could not be decoded: ``reason`` (generic, counted) and ``detail`` (which file)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
 
 
 def decode_video(path: Path, wanted: set[int], fps: float,
-                 counter: dict | None = None) -> tuple[dict[int, np.ndarray], str | None]:
+                 counter: dict | None = None) -> tuple[dict[int, np.ndarray], tuple[str, str] | None]:
     """Frames ``wanted`` (indices at ``fps``) of a video as RGB arrays, in one sequential pass.
 
     Frame index = floor(timestamp * fps) (AIST's rule: 60 fps, rounded down); without timestamps,
     the decode order. Returns (frames, error): a truncated or damaged file yields the frames
-    decoded before the damage and an error message (missing frames are the caller's to count).
+    decoded before the damage and an error (reason, detail) (missing frames are the caller's to count).
     ``counter`` (optional) accumulates ``decoded_frames``.
     """
     import av
@@ -34,7 +38,7 @@ def decode_video(path: Path, wanted: set[int], fps: float,
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError) as exc:
-        return out, f"cannot open video {Path(path).name}: {exc}"
+        return out, ("unreadable video", f"{Path(path).name}: {exc}")
     error = None
     try:
         stream = container.streams.video[0]
@@ -49,11 +53,11 @@ def decode_video(path: Path, wanted: set[int], fps: float,
             if idx >= last:
                 break
     except (av.FFmpegError, OSError, ValueError) as exc:
-        error = f"video {Path(path).name} damaged after {len(out)} wanted frames: {exc}"
+        error = ("damaged video", f"{Path(path).name}: after {len(out)} wanted frames: {exc}")
     finally:
         container.close()
     if error is None and len(out) < len(wanted):
-        error = f"video {Path(path).name} ended before frame {max(set(wanted) - set(out))}"
+        error = ("video ended early", f"{Path(path).name}: before frame {max(set(wanted) - set(out))}")
     return out, error
 
 
@@ -66,23 +70,23 @@ def read_image(path: Path) -> np.ndarray:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise FrameError(f"missing image {path.name}") from exc
+        raise FrameError("missing image", path.name) from exc
     if path.suffix.lower() in (".jpg", ".jpeg"):
         try:
             return simplejpeg.decode_jpeg(data, colorspace="RGB")
         except (ValueError, RuntimeError) as exc:
-            raise FrameError(f"corrupt JPEG {path.name}: {exc}") from exc
+            raise FrameError("corrupt JPEG", f"{path.name}: {exc}") from exc
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
-        raise FrameError(f"corrupt image {path.name}")
+        raise FrameError("corrupt image", path.name)
     return np.ascontiguousarray(img[..., ::-1])
 
 
 def load_frames(unit, needed: dict[str, set[int]],
-                metrics: dict | None = None) -> tuple[dict[tuple[str, int], np.ndarray], list[tuple[str, str]]]:
+                metrics: dict | None = None) -> tuple[dict[tuple[str, int], np.ndarray], list[tuple[str, str, str]]]:
     """Decode what ``needed`` ({camera: frame ids}) asks for, once each.
 
-    Returns ({(cam, frame): RGB}, [(unit part, reason)] for what could not be decoded).
+    Returns ({(cam, frame): RGB}, [(unit part, reason, detail)] for what could not be decoded).
     ``metrics`` (optional) accumulates decoded_frames and decode_s (for the benchmarks).
     """
     import time
@@ -91,24 +95,24 @@ def load_frames(unit, needed: dict[str, set[int]],
     metrics = metrics if metrics is not None else {}
     mode, spec = unit.images
     frames: dict[tuple[str, int], np.ndarray] = {}
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str, str]] = []
     for cam in sorted(needed):
         wanted = needed[cam]
         if mode == "video":
             path = spec.get(cam)
             if path is None or not Path(path).exists():
-                problems.append((f"{unit.name}/{cam}", "missing video"))
+                problems.append((f"{unit.name}/{cam}", "missing video", str(path)))
                 continue
             got, err = decode_video(Path(path), wanted, unit.fps, metrics)
             frames.update({(cam, f): img for f, img in got.items()})
             if err:
-                problems.append((f"{unit.name}/{cam}", err))
+                problems.append((f"{unit.name}/{cam}", *err))
         else:
             for f in sorted(wanted):
                 try:
                     frames[(cam, f)] = read_image(unit.image_path(cam, f))
                     metrics["decoded_frames"] = metrics.get("decoded_frames", 0) + 1
                 except FrameError as exc:
-                    problems.append((f"{unit.name}/{cam}/{f}", str(exc)))
+                    problems.append((f"{unit.name}/{cam}/{f}", exc.reason, exc.detail))
     metrics["decode_s"] = metrics.get("decode_s", 0.0) + time.perf_counter() - t0
     return frames, problems

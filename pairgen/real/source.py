@@ -54,10 +54,12 @@ class RealSource(Source):
         return self.reader_cls(self.config.root, self.reader_options())
 
     def check(self) -> None:
-        if not self.config.root:
+        c = self.config
+        if not c.root and not (c.annotations and c.videos):
             raise ValueError(f"--source {self.name} needs --root DATA ({self.needs})")
-        if not Path(self.config.root).is_dir():
-            raise ValueError(f"--root {self.config.root}: not a directory")
+        for flag, path in (("--root", c.root), ("--annotations", c.annotations), ("--videos", c.videos)):
+            if path and not Path(path).is_dir():
+                raise ValueError(f"{flag} {path}: not a directory")
         if self.config.silhouette == "smpl" and not (self.config.smpl_model or self.config.mano_model):
             raise ValueError("--silhouette smpl renders the dataset's body-model fits: give --smpl-model (or --mano-model)")
         self.make_reader().check()
@@ -160,8 +162,8 @@ class RealWorker(SourceWorker):
                 samples[cam] = sorted({seen[i] for i in idx})
                 needed[cam].update(samples[cam])
         frames, problems = load_frames(unit, needed, result.metrics)
-        for part, reason in problems:
-            result.skip(reason, unit=part)
+        for part, reason, detail in problems:
+            result.skip(reason, unit=part, detail=detail or None)
         backgrounds = {}
         for cam, fs in samples.items():
             fs = [f for f in fs if (cam, f) in frames]
@@ -221,6 +223,8 @@ class RealWorker(SourceWorker):
             mask = sil.mesh_mask(cropping.to_crop(uv, cbox, S), z, np.asarray(faces), S)
         else:
             raise PairSkip(f"unknown silhouette method {method}")
+        # nothing of the person is known in the padding outside the frame
+        mask = np.where(cropping.crop_resize(np.ones((h, w), np.uint8), cbox, S, nearest=True) > 0, mask, 0).astype(np.uint8)
         if not mask.any():
             raise PairSkip("empty silhouette")
         return crop, mask, kps, cropping.crop_box_used(cbox)

@@ -43,7 +43,7 @@ class CameraModel:
         """[N, 3] world points -> ([N, 2] pixels, [N] depth), with distortion when given."""
         import cv2
 
-        X = np.asarray(X, np.float64).reshape(-1, 3)
+        X = np.ascontiguousarray(X, dtype=np.float64).reshape(-1, 3)  # OpenCV 5 rejects strided input
         z = X @ self.R[2] + self.t[2]
         if self.dist is not None and np.any(self.dist):
             rvec, _ = cv2.Rodrigues(self.R)
@@ -117,8 +117,8 @@ class Reader:
     needs = ""
     layout = ""  # the expected root layout, shown by `pairgen sources` and the README
 
-    def __init__(self, root: str, options: dict | None = None):
-        self.root = Path(root)
+    def __init__(self, root: str | None, options: dict | None = None):
+        self.root = Path(root) if root else None
         self.options = options or {}
 
     def check(self) -> None:

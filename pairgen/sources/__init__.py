@@ -9,6 +9,7 @@ from pairgen.sources.base import Source, ShardTask, SourceWorker  # noqa: F401
 
 REGISTRY: dict[str, str] = {
     "synthetic": "pairgen.sources.synthetic:SyntheticSource",
+    "aist": "pairgen.sources.aist:AistSource",
     "humbi": "pairgen.sources.humbi:HumbiSource",
     "interhand": "pairgen.sources.interhand:InterHandSource",
 }
