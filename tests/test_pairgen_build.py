@@ -259,3 +259,15 @@ def test_stats_and_preview_write_pngs(synthetic_build, tmp_path):
     n = preview(str(out), str(tmp_path / "p.png"), num=8)
     img = cv2.imread(str(tmp_path / "p.png"))
     assert n == 8 and img.shape[1] > 4 * 256
+
+
+def test_every_registered_source_imports_and_describes_itself(capsys):
+    from pairgen.cli import main
+    from pairgen.sources import REGISTRY, source_class
+
+    for name in REGISTRY:
+        cls = source_class(name)
+        assert cls.name == name and cls.summary and cls.needs
+    assert main(["sources"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{name}\n" in out for name in REGISTRY)
