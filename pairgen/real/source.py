@@ -88,6 +88,10 @@ class RealSource(Source):
                 plan_skipped.append({"unit": name, "reason": f"bad unit: {exc}"})
                 continue
             pairs = mine_pairs(unit, n_cv, n_cp, c.seed, c.min_view_angle_deg, c.min_gap_s, c.max_gap_s)
+            found_cv = sum(p.kind == "cross_view" for p in pairs)
+            if found_cv < n_cv and "cross_pose" in c.kinds:  # e.g. one camera: cross-pose takes the quota
+                pairs = mine_pairs(unit, found_cv, n_cp + n_cv - found_cv, c.seed, c.min_view_angle_deg,
+                                   c.min_gap_s, c.max_gap_s)
             pairs = pairs[: c.num_pairs - total]
             if pairs:
                 per_unit.append((name, pairs))
@@ -227,12 +231,14 @@ class RealWorker(SourceWorker):
         mask = np.where(cropping.crop_resize(np.ones((h, w), np.uint8), cbox, S, nearest=True) > 0, mask, 0).astype(np.uint8)
         if not mask.any():
             raise PairSkip("empty silhouette")
-        return crop, mask, kps, cropping.crop_box_used(cbox)
+        extra = {name: cropping.to_crop(k, cbox, S) for name, k in (obs.extra_keypoints or {}).items()}
+        return crop, mask, kps, cropping.crop_box_used(cbox), extra
 
     def _pair(self, unit: Unit, p: PairSpec, frames, backgrounds, method: str) -> PairRecord:
-        t_img, t_mask, t_kps, t_box = self._side(unit, p.track, p.cam_target, p.frame_target, frames, backgrounds, method)
-        r_img, r_mask, r_kps, r_box = self._side(unit, p.track, p.cam_reference, p.frame_reference, frames, backgrounds,
-                                                 method)
+        t_img, t_mask, t_kps, t_box, t_extra = self._side(unit, p.track, p.cam_target, p.frame_target, frames,
+                                                          backgrounds, method)
+        r_img, r_mask, r_kps, r_box, r_extra = self._side(unit, p.track, p.cam_reference, p.frame_reference, frames,
+                                                          backgrounds, method)
         meta = {
             "source": self.source_name, "kind": p.kind, "split": self._split(unit), "subject": unit.subject,
             "sequence": unit.name, "track": p.track, "camera_target": p.cam_target,
@@ -253,6 +259,9 @@ class RealWorker(SourceWorker):
             meta["hand_keypoints_target"] = _kp_list(t_kps)
             meta["hand_keypoints_reference"] = _kp_list(r_kps)
             meta["keypoint_format"] = "interhand21"
+        for name in sorted(set(t_extra) & set(r_extra)):
+            meta[f"{name}_target"] = _kp_list(t_extra[name])
+            meta[f"{name}_reference"] = _kp_list(r_extra[name])
         return PairRecord(t_img, r_img, t_mask, r_mask, meta)
 
     def _split(self, unit: Unit) -> str:

@@ -65,6 +65,9 @@ class Observation:
 
     box: np.ndarray | None = None
     keypoints: np.ndarray | None = None
+    # other named joint sets in frame pixels ([J, 3]), e.g. {"pennaction13": ...}: they travel into the
+    # sample JSON as "<name>_target" / "<name>_reference", mapped into the crops
+    extra_keypoints: dict[str, np.ndarray] | None = None
 
 
 @dataclass

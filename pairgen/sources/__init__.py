@@ -12,6 +12,7 @@ REGISTRY: dict[str, str] = {
     "aist": "pairgen.sources.aist:AistSource",
     "humbi": "pairgen.sources.humbi:HumbiSource",
     "interhand": "pairgen.sources.interhand:InterHandSource",
+    "pennaction": "pairgen.sources.pennaction:PennActionSource",
 }
 
 
