@@ -158,3 +158,17 @@ def test_to_model_input_normalises_and_jitters():
     torch.testing.assert_close(x, ((u8.float() / 255 - mean) / std).permute(0, 3, 1, 2))
     darker = to_model_input(u8, torch.tensor([[0.5, 1.0, 1.0], [1.0, 1.0, 1.0]]))
     assert darker[0].mean() < x[0].mean() and torch.allclose(darker[1], x[1])
+
+
+def test_keypoint_targets_prefer_the_raw_penn_joints():
+    """Penn Action samples carry their 13 joints; others fall back to COCO-17 -> Penn order."""
+    import numpy as np
+
+    from trainer.data import _keypoints
+
+    coco = [[float(i), float(i), 1.0] for i in range(17)]
+    raw13 = [[100.0 + i, 50.0, 1.0] for i in range(13)]
+    k = _keypoints({"keypoints_reference": coco, "pennaction13_reference": raw13}, 0, 0, 1.0, 224)
+    assert np.allclose(k[:, 0], 100 + np.arange(13))
+    k = _keypoints({"keypoints_reference": coco}, 10, 0, 1.0, 224)
+    assert k[1, 0] == 5 and k[1, 1] == 5 - 10 and k[1, 2] == 0  # left shoulder, shifted out of the crop

@@ -227,13 +227,20 @@ def _decode_mask(data: bytes) -> np.ndarray:
 def _keypoints(meta: dict, y0: int, x0: int, scale: float, size: int) -> np.ndarray:
     """``[13, 3]`` PennAction joints (x, y, weight) in crop pixels from the reference's COCO-17 list."""
     out = np.zeros((len(PENN_FROM_COCO), 3), np.float32)
+    raw13 = meta.get("pennaction13_reference")  # Penn Action samples carry the 13 joints themselves
     kps = meta.get("keypoints_reference")
-    if not kps:
+    if raw13:
+        arr = np.asarray(raw13, np.float32).reshape(-1, 3)
+        if arr.shape[0] != len(PENN_FROM_COCO):
+            raise ValueError(f"pennaction13_reference has {arr.shape[0]} joints, expected 13")
+        out[:] = arr
+    elif kps:
+        arr = np.asarray(kps, np.float32).reshape(-1, 3)
+        if arr.shape[0] != len(fmt.COCO17):
+            raise ValueError(f"keypoints_reference has {arr.shape[0]} joints, expected 17")
+        out[:] = arr[list(PENN_FROM_COCO)]
+    else:
         return out
-    arr = np.asarray(kps, np.float32).reshape(-1, 3)
-    if arr.shape[0] != len(fmt.COCO17):
-        raise ValueError(f"keypoints_reference has {arr.shape[0]} joints, expected 17")
-    out[:] = arr[list(PENN_FROM_COCO)]
     out[:, 0] = out[:, 0] * scale - x0
     out[:, 1] = out[:, 1] * scale - y0
     inside = (out[:, 0] >= 0) & (out[:, 0] < size) & (out[:, 1] >= 0) & (out[:, 1] < size)
