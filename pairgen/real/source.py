@@ -27,6 +27,7 @@ from pairgen.record import PairRecord, ShardResult
 from pairgen.sources.base import ShardTask, Source, SourceWorker
 
 BACKGROUND_SAMPLES = 15  # frames per camera for the bgsub median
+SPLIT_ALIASES = {"validation": "val", "valid": "val", "training": "train", "testing": "test"}
 
 
 class PairSkip(Exception):
@@ -67,9 +68,13 @@ class RealSource(Source):
     def plan(self) -> list[ShardTask]:
         c = self.config
         reader = self.make_reader()
-        names = [(n, s) for n, s in reader.unit_names() if c.split is None or s == c.split]
+        listed = reader.unit_names()
+        want = SPLIT_ALIASES.get(c.split, c.split)
+        names = [(n, s) for n, s in listed if want is None or s == want]
         if not names:
-            return []
+            splits = ", ".join(sorted({s for _, s in listed})) or "none"
+            raise ValueError(f"source {self.name}: no unit in split {c.split!r} under {c.root} (splits found: {splits})"
+                             if c.split else f"source {self.name}: no unit found under {c.root}")
         quota = math.ceil(c.num_pairs / len(names))
         if len(c.kinds) == 2:
             n_cv = int(round(quota * c.cross_view_fraction))

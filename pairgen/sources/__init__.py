@@ -12,6 +12,7 @@ REGISTRY: dict[str, str] = {
     "aist": "pairgen.sources.aist:AistSource",
     "humbi": "pairgen.sources.humbi:HumbiSource",
     "interhand": "pairgen.sources.interhand:InterHandSource",
+    "3dpw": "pairgen.sources.threedpw:ThreeDPWSource",
     "pennaction": "pairgen.sources.pennaction:PennActionSource",
 }
 
