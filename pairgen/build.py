@@ -90,7 +90,10 @@ def run_build(config: BuildConfig, progress: bool = True) -> dict:
     except ValueError as exc:
         raise BuildError(str(exc)) from exc
     out = prepare_output(config)
-    tasks = source.plan()
+    try:
+        tasks = source.plan()  # real sources read annotations here: bad input is reported, not raised
+    except ValueError as exc:
+        raise BuildError(str(exc)) from exc
     if not tasks:
         raise BuildError(f"source {config.source}: nothing to build (no pairs could be planned)")
     out.mkdir(parents=True, exist_ok=True)

@@ -179,3 +179,14 @@ def test_corrupt_jpeg_is_skipped_and_named(toy_registry, tmp_path):
     stats = json.loads(layout.stats_path(out, layout.finished_shards(out)[0]).read_text())
     assert any("corrupt JPEG" in k for k in stats["skipped"])
     assert any(u["unit"].startswith("seq0/c1/") for u in stats["skipped_units"])
+
+
+def test_unknown_split_is_a_one_line_error(toy_registry, tmp_path, capsys):
+    from pairgen.cli import main
+
+    out = tmp_path / "o"
+    rc = main(["build", "--source", "toy", "--root", str(toy_registry["root"]), "--out", str(out), "--split", "nope",
+               "--local", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "no unit in split 'nope'" in err[0] and "train" in err[0]
+    assert not out.exists()
