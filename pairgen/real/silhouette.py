@@ -20,8 +20,10 @@ _FINGERS = [list(range(4 * f, 4 * f + 4)) for f in range(5)]
 _WRIST = 20
 
 
-def body_keypoint_mask(kps: np.ndarray, size: int, min_conf: float = 0.05) -> np.ndarray:
-    """Mask from COCO-17 keypoints [17, 3] already in crop pixels."""
+def body_keypoint_mask(kps: np.ndarray, size: int, min_conf: float = 0.05,
+                       head_box: np.ndarray | None = None) -> np.ndarray:
+    """Mask from COCO-17 keypoints [17, 3] already in crop pixels; ``head_box`` ([x0, y0, x1, y1] in
+    crop pixels, when annotated) replaces the head disc guessed from the face joints."""
     import cv2
 
     k = np.asarray(kps, np.float64)
@@ -52,7 +54,16 @@ def body_keypoint_mask(kps: np.ndarray, size: int, min_conf: float = 0.05) -> np
             cv2.circle(mask, ip[a], t // 2, 255, -1)
             cv2.circle(mask, ip[b], t // 2, 255, -1)
     head = [pts[i] for i in range(5) if i in pts]
-    if head:
+    if head_box is not None and np.isfinite(head_box).all() and head_box[2] > head_box[0] and head_box[3] > head_box[1]:
+        x0, y0, x1, y1 = head_box
+        c = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+        cv2.ellipse(mask, (int(round(c[0])), int(round(c[1]))), (max(1, int(round((x1 - x0) / 2))),
+                    max(1, int(round((y1 - y0) / 2)))), 0, 0, 360, 255, -1)
+        if 5 in pts and 6 in pts:  # neck: from the bottom of the head to the shoulders
+            neck = (pts[5] + pts[6]) / 2
+            cv2.line(mask, (int(round(c[0])), int(round(y1))), (int(round(neck[0])), int(round(neck[1]))), 255,
+                     max(2, int(round(0.3 * scale))))
+    elif head:
         c = np.mean(head, axis=0)
         r = max(3, int(round(0.38 * scale)))
         cv2.circle(mask, (int(round(c[0])), int(round(c[1]))), r, 255, -1)

@@ -206,8 +206,13 @@ class RealWorker(SourceWorker):
         cbox = cropping.square_crop_box(box, c.crop_margin, unit.kind)
         crop = cropping.crop_resize(img, cbox, S)
         kps = cropping.to_crop(obs.keypoints, cbox, S) if obs.keypoints is not None else None
+        head = None
+        if obs.head_box is not None:
+            hb = cropping.to_crop(np.asarray(obs.head_box, np.float64).reshape(2, 2), cbox, S)
+            head = np.array([hb[0, 0], hb[0, 1], hb[1, 0], hb[1, 1]])
         if kps is not None:
-            rough = sil.hand_keypoint_mask(kps, S) if unit.kind == "hand" else sil.body_keypoint_mask(kps, S)
+            rough = (sil.hand_keypoint_mask(kps, S) if unit.kind == "hand"
+                     else sil.body_keypoint_mask(kps, S, head_box=head))
         else:
             rough = np.zeros((S, S), np.uint8)
             b = cropping.to_crop(np.array([[box[0], box[1]], [box[2], box[3]]]), cbox, S)
@@ -245,7 +250,8 @@ class RealWorker(SourceWorker):
         r_img, r_mask, r_kps, r_box, r_extra = self._side(unit, p.track, p.cam_reference, p.frame_reference, frames,
                                                           backgrounds, method)
         meta = {
-            "source": self.source_name, "kind": p.kind, "split": self._split(unit), "subject": unit.subject,
+            "source": self.source_name, "kind": p.kind, "split": self._split(unit),
+            "subject": unit.track_subjects.get(p.track, unit.subject),
             "sequence": unit.name, "track": p.track, "camera_target": p.cam_target,
             "camera_reference": p.cam_reference, "frame_target": p.frame_target,
             "frame_reference": p.frame_reference, "time_gap_s": p.time_gap_s,

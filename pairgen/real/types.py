@@ -68,6 +68,7 @@ class Observation:
     # other named joint sets in frame pixels ([J, 3]), e.g. {"pennaction13": ...}: they travel into the
     # sample JSON as "<name>_target" / "<name>_reference", mapped into the crops
     extra_keypoints: dict[str, np.ndarray] | None = None
+    head_box: np.ndarray | None = None  # [x0, y0, x1, y1] of the head, when annotated (PoseTrack bbox_head)
 
 
 @dataclass
@@ -104,6 +105,7 @@ class Unit:
     kind: str = "body"
     silhouette_default: str = "keypoints"  # the source's sensible default method
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (part, reason, detail) the reader dropped
+    track_subjects: dict[str, str] = field(default_factory=dict)  # per-track identity, when it differs per track
 
     def image_path(self, cam: str, frame: int) -> Path:
         mode, spec = self.images

@@ -13,6 +13,7 @@ REGISTRY: dict[str, str] = {
     "humbi": "pairgen.sources.humbi:HumbiSource",
     "interhand": "pairgen.sources.interhand:InterHandSource",
     "3dpw": "pairgen.sources.threedpw:ThreeDPWSource",
+    "posetrack": "pairgen.sources.posetrack:PoseTrackSource",
     "pennaction": "pairgen.sources.pennaction:PennActionSource",
 }
 

@@ -1,0 +1,268 @@
+"""PoseTrack18 / PoseTrack21 source: the reader on rendered videos in both real layouts, end-to-end
+builds checked against the fixture's ground truth (same track, crops, own-person silhouettes, gaps),
+and faults (malformed JSON, corrupt JPEG, missing frames, a track labelled once, ignore regions)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures_posetrack import BAD_VIDEO, FAULTS, FPS, VIDEOS, inject_faults, make_posetrack_fixture
+from manifests import layout
+from manifests.sample import decode_sample, iter_tar_samples
+from pairgen.real import crop as cropping
+from pairgen.real.types import BadUnit
+from pairgen.sources.posetrack import PoseTrackReader
+
+TRAIN, VAL = VIDEOS[0][0], VIDEOS[1][0]
+GAPS = ["--min-gap-s", "0.1", "--max-gap-s", "0.6"]  # the fixture's videos last 0.64 s
+
+
+@pytest.fixture(scope="module")
+def posetrack(tmp_path_factory, synthetic_worker):
+    """Two videos (train: 2 people, val: 2 people + 1 in an ignore region), 16 frames of 384x288,
+    written as a PoseTrack18 tree and a PoseTrack21 tree."""
+    return make_posetrack_fixture(tmp_path_factory.mktemp("posetrack"), synthetic_worker.generator.body)
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory, posetrack):
+    """A copy of the PoseTrack21 tree with every fault injected."""
+    tree = tmp_path_factory.mktemp("posetrack_faults") / "pt21"
+    shutil.copytree(posetrack["roots"]["pt21"], tree)
+    return tree, inject_faults(posetrack, FAULTS, "pt21", tree)
+
+
+def _build(root, out, *extra: str) -> None:
+    from pairgen.cli import main
+
+    assert main(["build", "--source", "posetrack", "--root", str(root), "--out", str(out), "--local", "--quiet",
+                 *GAPS, *extra]) == 0
+    assert main(["verify", str(out)]) == 0
+
+
+def _samples(out):
+    return [decode_sample(k, m) for tar in layout.shard_urls(out) for k, m in iter_tar_samples(str(tar))]
+
+
+def _stats(out) -> list[dict]:
+    return [json.loads(layout.stats_path(out, n).read_text()) for n in layout.finished_shards(out)]
+
+
+def _gt_crop(mask: np.ndarray, box: np.ndarray, S: int) -> np.ndarray:
+    return cropping.crop_resize(mask.astype(np.float32), box, S) > 0.5
+
+
+def _check_against_truth(samples, truth, fps: float = FPS) -> dict:
+    """Same track on both sides, gaps, crops holding the track's joints, silhouettes on the own
+    person and off the others; returns IoUs and the fraction of silhouettes on other people."""
+    S = samples[0].target.shape[0]
+    ious, spill, others_in_crop = [], [], 0
+    for s in samples:
+        m = s.meta
+        video = truth["videos"][m["sequence"]]
+        track = int(m["track"])
+        assert m["kind"] == "cross_pose" and m["split"] == video["split"]
+        assert m["camera_target"] == m["camera_reference"] == "cam0"
+        assert track in (0, 1) and track != video["ignored_track"]  # people in ignore regions are dropped
+        fa, fb = m["frame_target"], m["frame_reference"]
+        assert fa != fb and fa in video["labelled"] and fb in video["labelled"]
+        assert m["time_gap_s"] == pytest.approx(abs(fa - fb) / fps, abs=1e-6)
+        for side, mask, fr in (("target", s.target_mask, fa), ("reference", s.reference_mask, fb)):
+            box = np.array([m[f"crop_{side}_{k}"] for k in ("x0", "y0", "x1", "y1")])
+            tr = video["tracks"][track]
+            in_crop = cropping.to_crop(tr["joints2d"][fr], box, S)
+            assert ((in_crop >= 0) & (in_crop < S)).all(), f"{s.key} {side}: a GT joint falls outside the crop"
+            sil = mask > 0
+            own = _gt_crop(tr["masks"][fr], box, S)
+            ious.append(float((sil & own).sum() / max((sil | own).sum(), 1)))
+            other = np.zeros_like(own)
+            for t2, tr2 in video["tracks"].items():
+                if t2 != track:
+                    other |= _gt_crop(tr2["masks"][fr], box, S)
+            others_in_crop += other.sum() > 0.01 * S * S
+            spill.append(float((sil & other).sum() / max(sil.sum(), 1)))
+    return {"mean_iou": float(np.mean(ious)), "min_iou": float(np.min(ious)), "n": len(ious),
+            "max_spill": float(np.max(spill)), "mean_spill": float(np.mean(spill)),
+            "others_in_crop": int(others_in_crop)}
+
+
+# -- the reader ------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["pt18", "pt21"])
+def test_reader_loads_tracks_of_labelled_frames(posetrack, fmt):
+    reader = PoseTrackReader(str(posetrack["roots"][fmt]))
+    reader.check()
+    assert reader.annotation_dir()[1] == {"pt18": "posetrack18", "pt21": "posetrack21"}[fmt]
+    assert reader.unit_names() == [(TRAIN, "train"), (VAL, "val")]
+    for video, gt in posetrack["videos"].items():
+        unit = reader.load(video)
+        assert unit.split == gt["split"] and unit.fps == 25.0 and unit.cameras == ["cam0"] and unit.kind == "body"
+        assert unit.frames == gt["labelled"] and unit.silhouette_default == "keypoints"
+        assert set(unit.observations) == {(str(t), "cam0", f) for t in (0, 1) for f in gt["labelled"]}
+        if gt["ignored_track"] is not None:
+            assert [(p, r) for p, r, _ in unit.skipped] == [("track 2", "inside an ignore region")]
+        else:
+            assert unit.skipped == []
+        for (track, _, fr), obs in unit.observations.items():
+            uv = gt["tracks"][int(track)]["joints2d"][fr]
+            k = obs.keypoints
+            assert k.shape == (17, 3) and (k[[0] + list(range(5, 17)), 2] == 1).all() and (k[1:5] == 0).all()
+            assert np.abs(k[[0] + list(range(5, 17)), :2] - uv[[0] + list(range(5, 17))]).max() < 0.01
+            b = obs.box  # the box holds every GT joint and the person's render
+            assert (uv[:, 0] >= b[0] - 1).all() and (uv[:, 0] <= b[2] + 1).all()
+            assert (uv[:, 1] >= b[1] - 1).all() and (uv[:, 1] <= b[3] + 1).all()
+            expected = posetrack["roots"][fmt] / "images" / gt["split"] / video / f"{fr:06d}.jpg"
+            assert unit.image_path("cam0", fr) == expected
+        subjects = {str(t): (str(gt["tracks"][t]["person_id"]) if fmt == "pt21" else f"{video}/{t}") for t in (0, 1)}
+        assert unit.track_subjects == subjects and unit.subject == video
+    assert PoseTrackReader(str(posetrack["roots"][fmt]), {"fps": "30"}).load(TRAIN).fps == 30.0
+
+
+def test_reader_layout_variants_and_bad_roots(posetrack, tmp_path):
+    # PoseTrack18 with posetrack_data/annotations/ and posetrack_data/images/
+    alt = tmp_path / "alt"
+    (alt / "posetrack_data").mkdir(parents=True)
+    shutil.copytree(posetrack["roots"]["pt18"] / "annotations", alt / "posetrack_data" / "annotations")
+    (alt / "posetrack_data" / "images").symlink_to(posetrack["roots"]["pt18"] / "images")
+    reader = PoseTrackReader(str(alt))
+    reader.check()
+    assert reader.annotation_dir() == (alt / "posetrack_data" / "annotations", "posetrack18")
+    assert reader.load(TRAIN).image_path("cam0", 3).is_file()
+    # --annotations DIR and --videos DIR apart from the root
+    reader = PoseTrackReader(str(tmp_path), {"annotations": str(posetrack["roots"]["pt21"] / "posetrack_data"),
+                                             "videos": str(posetrack["roots"]["pt21"])})
+    reader.check()
+    assert len(reader.load(VAL).observations) == 16
+    with pytest.raises(ValueError, match="no per-video JSONs"):
+        PoseTrackReader(str(tmp_path / "alt" / "posetrack_data" / "images")).check()
+    with pytest.raises(ValueError, match="fps=0"):
+        PoseTrackReader(str(posetrack["roots"]["pt18"]), {"fps": "0"}).check()
+
+
+def test_reader_reports_faults(faulty, posetrack):
+    tree, f = faulty
+    reader = PoseTrackReader(str(tree))
+    assert (BAD_VIDEO[0], "train") in reader.unit_names()
+    with pytest.raises(BadUnit, match=f"malformed {BAD_VIDEO[0]}.json"):
+        reader.load(BAD_VIDEO[0])
+    unit = reader.load(VAL)
+    video, frs = f["missing_frames"]
+    reasons = {(p, r) for p, r, _ in unit.skipped}
+    for fr in frs:
+        assert (f"frame {fr:06d}", "missing image") in reasons and fr not in unit.frames
+    unit = reader.load(TRAIN)
+    assert [(p, r, d) for p, r, d in unit.skipped] == [("track 1", "labelled in one frame only: no pair",
+                                                        f"frame {f['single_frame_track'][2]:06d}")]
+    assert {t for t, _, _ in unit.observations} == {"0"} and set(unit.track_subjects) == {"0"}
+    assert f["corrupt_jpeg"][1] in unit.frames  # the reader does not decode: the worker meets it
+
+
+# -- end to end ------------------------------------------------------------------------------
+def test_build_console_script_pt18_verify_and_truth(posetrack, tmp_path):
+    """The console script in a subprocess on the PoseTrack18 tree, then the GT checks."""
+    out = tmp_path / "pt18"
+    exe = Path(sys.executable).with_name("pairgen")
+    cmd = [str(exe) if exe.exists() else shutil.which("pairgen"), "build", "--source", "posetrack",
+           "--root", str(posetrack["roots"]["pt18"]), "--out", str(out), "--num-pairs", "40", "--shard-size", "16",
+           "--kinds", "cross_pose", *GAPS, "--local", "--quiet"]
+    env = {**os.environ, "PYOPENGL_PLATFORM": "osmesa"}
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    run = subprocess.run([cmd[0], "verify", str(out)], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0 and "verify OK" in run.stdout, run.stdout + run.stderr
+    import pandas as pd
+
+    rows = pd.read_parquet(out / "manifest")
+    assert len(rows) == 40 and set(rows["kind"]) == {"cross_pose"} and set(rows["silhouette_method"]) == {"keypoints"}
+    assert set(rows["track"]) == {"0", "1"} and set(zip(rows["sequence"], rows["split"])) == {(TRAIN, "train"),
+                                                                                             (VAL, "val")}
+    assert set(rows["subject"]) <= {f"{v}/{t}" for v in (TRAIN, VAL) for t in ("0", "1")}  # PT18: <seq>/<track>
+    assert set(rows["subject"]) == set(rows["sequence"] + "/" + rows["track"])
+    res = _check_against_truth(_samples(out), posetrack)
+    print(f"posetrack18 keypoints silhouette: IoU mean {res['mean_iou']:.3f} min {res['min_iou']:.3f} over "
+          f"{res['n']}; on other people mean {res['mean_spill']:.3f} max {res['max_spill']:.3f} "
+          f"({res['others_in_crop']} crops show another person)")
+    assert res["mean_iou"] >= 0.5 and res["others_in_crop"] >= 5 and res["max_spill"] < 0.15
+
+
+def test_build_pt21_in_process_default_kinds(posetrack, tmp_path):
+    """Default --kinds (both): the source only has cross-pose pairs; PoseTrack21 tree, in-process."""
+    out = tmp_path / "pt21"
+    _build(posetrack["roots"]["pt21"], out, "--num-pairs", "24")
+    samples = _samples(out)
+    assert len(samples) == 24 and {s.meta["kind"] for s in samples} == {"cross_pose"}
+    assert {s.meta["split"] for s in samples} == {"train", "val"} and all(s.meta["subject"] for s in samples)
+    res = _check_against_truth(samples, posetrack)
+    print(f"posetrack21 keypoints silhouette: IoU mean {res['mean_iou']:.3f} min {res['min_iou']:.3f} over "
+          f"{res['n']}; on other people max {res['max_spill']:.3f}")
+    assert res["mean_iou"] >= 0.5 and res["max_spill"] < 0.15
+
+
+def test_split_train_and_fps_option(posetrack, tmp_path):
+    out = tmp_path / "train"
+    _build(posetrack["roots"]["pt21"], out, "--num-pairs", "12", "--kinds", "cross_pose", "--split", "train",
+           "--reader-option", "fps=30")
+    samples = _samples(out)
+    assert len(samples) == 12 and {s.meta["split"] for s in samples} == {"train"}
+    assert {s.meta["sequence"] for s in samples} == {TRAIN} and {s.meta["fps"] for s in samples} == {30.0}
+    for s in samples:
+        m = s.meta
+        assert m["time_gap_s"] == pytest.approx(abs(m["frame_target"] - m["frame_reference"]) / 30.0, abs=1e-6)
+
+
+def test_build_with_faults_skips_and_names_bad_parts(faulty, posetrack, tmp_path):
+    tree, f = faulty
+    out = tmp_path / "faults"
+    _build(tree, out, "--num-pairs", "80", "--kinds", "cross_pose")
+    named = {(u["unit"], u["reason"]) for s in _stats(out) for u in s["skipped_units"]}
+    counts: dict = {}
+    for s in _stats(out):
+        for k, v in s["skipped"].items():
+            counts[k] = counts.get(k, 0) + v
+    assert any(u == BAD_VIDEO[0] and r.startswith(f"bad unit: malformed {BAD_VIDEO[0]}.json") for u, r in named), named
+    video, fr = f["corrupt_jpeg"]
+    assert any(u == f"{video}/cam0/{fr}" and r.startswith("corrupt JPEG") for u, r in named), named
+    video, frs = f["missing_frames"]
+    for fr in frs:
+        assert (f"{video}/frame {fr:06d}", "missing image") in named, named
+    assert (f"{TRAIN}/track 1", "labelled in one frame only: no pair") in named, named
+    assert (f"{VAL}/track 2", "inside an ignore region") in named, named
+    assert counts.get("missing image") == len(frs), counts
+    samples = _samples(out)
+    assert samples and {s.meta["sequence"] for s in samples} == {TRAIN, VAL}
+    for s in samples:
+        m = s.meta
+        assert not (m["sequence"] == TRAIN and m["track"] == "1")
+        assert not (m["sequence"] == VAL and {m["frame_target"], m["frame_reference"]} & set(frs))
+        assert not (m["sequence"] == TRAIN and f["corrupt_jpeg"][1] in (m["frame_target"], m["frame_reference"]))
+    res = _check_against_truth(samples, posetrack)
+    assert res["mean_iou"] >= 0.5
+
+
+def test_reader_drops_malformed_entries(posetrack, tmp_path):
+    """Broken annotation entries are recorded and dropped, not the video; an unlabelled-only video is bad."""
+    tree = tmp_path / "pt18"
+    (tree / "annotations" / "train").mkdir(parents=True)
+    (tree / "images").symlink_to(posetrack["roots"]["pt18"] / "images")
+    doc = json.loads(json.dumps(posetrack["docs"][("pt18", TRAIN)]))
+    anns = doc["annotations"]
+    anns[0]["keypoints"] = anns[0]["keypoints"][:50]
+    del anns[1]["track_id"]
+    anns[2]["keypoints"] = [0.0] * 51  # no labelled joint: box-only person, not used (not an error)
+    (tree / "annotations" / "train" / f"{TRAIN}.json").write_text(json.dumps(doc))
+    unit = PoseTrackReader(str(tree)).load(TRAIN)
+    assert [(p, r) for p, r, _ in unit.skipped] == [(f"annotation {anns[0]['id']}", "malformed annotation"),
+                                                    (f"annotation {anns[1]['id']}", "malformed annotation")]
+    assert len(unit.observations) == 26 - 3
+    for im in doc["images"]:
+        im["is_labeled"] = False
+    (tree / "annotations" / "train" / f"{TRAIN}.json").write_text(json.dumps(doc))
+    with pytest.raises(BadUnit, match="no labelled frame"):
+        PoseTrackReader(str(tree)).load(TRAIN)
