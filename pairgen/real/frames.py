@@ -116,3 +116,35 @@ def load_frames(unit, needed: dict[str, set[int]],
                     problems.append((f"{unit.name}/{cam}/{f}", exc.reason, exc.detail))
     metrics["decode_s"] = metrics.get("decode_s", 0.0) + time.perf_counter() - t0
     return frames, problems
+
+
+def jpeg_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's SOF header without decoding; None if it is not a JPEG."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) != b"\xff\xd8":
+                return None
+            while True:
+                marker = f.read(2)
+                if len(marker) < 2 or marker[0] != 0xFF:
+                    return None
+                while marker[1] == 0xFF:  # fill bytes
+                    marker = marker[1:] + f.read(1)
+                code = marker[1]
+                if code in (0xD8, 0x01) or 0xD0 <= code <= 0xD7:
+                    continue
+                seg = f.read(2)
+                if len(seg) < 2:
+                    return None
+                length = int.from_bytes(seg, "big")
+                if code in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+                    sof = f.read(5)
+                    if len(sof) < 5:
+                        return None
+                    h, w = int.from_bytes(sof[1:3], "big"), int.from_bytes(sof[3:5], "big")
+                    return (w, h) if w > 0 and h > 0 else None
+                if code == 0xD9 or length < 2:
+                    return None
+                f.seek(length - 2, 1)
+    except OSError:
+        return None

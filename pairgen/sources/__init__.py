@@ -14,6 +14,7 @@ REGISTRY: dict[str, str] = {
     "interhand": "pairgen.sources.interhand:InterHandSource",
     "3dpw": "pairgen.sources.threedpw:ThreeDPWSource",
     "posetrack": "pairgen.sources.posetrack:PoseTrackSource",
+    "jrdb": "pairgen.sources.jrdb:JrdbSource",
     "pennaction": "pairgen.sources.pennaction:PennActionSource",
 }
 
