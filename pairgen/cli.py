@@ -49,7 +49,7 @@ def _add_build(sub) -> None:
     r = p.add_argument_group("real sources")
     r.add_argument("--annotations", default=None, help="annotation directory, when apart from --root (AIST++)")
     r.add_argument("--videos", default=None, help="video directory, when apart from --root (AIST Dance videos)")
-    r.add_argument("--silhouette", default=None, choices=("keypoints", "bgsub", "smpl"),
+    r.add_argument("--silhouette", default=None, choices=("keypoints", "bgsub", "smpl", "grabcut", "box"),
                    help="silhouette method (default: the source's)")
     r.add_argument("--min-view-angle-deg", type=float, default=d.min_view_angle_deg,
                    help="cross-view: minimum angle between the cameras [%(default)s]")

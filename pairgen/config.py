@@ -29,7 +29,7 @@ class BuildConfig:
     # real sources
     annotations: str | None = None  # explicit annotation directory (when shipped apart from the media)
     videos: str | None = None  # explicit video directory (e.g. AIST Dance videos apart from AIST++)
-    silhouette: str | None = None  # silhouette method: keypoints | bgsub | smpl (None = the source's default)
+    silhouette: str | None = None  # keypoints | bgsub | smpl | grabcut | box (None = the source's default)
     min_view_angle_deg: float = 0.0  # cross-view: minimum angle between the two cameras (calibrated sources)
     crop_margin: float = 0.2  # extra context around the person box, as a fraction of its side
     min_person_px: int = 48  # skip people whose box is smaller than this (pixels, longer side)
@@ -73,8 +73,8 @@ class BuildConfig:
             raise ValueError("need 0 < --min-gap-s <= --max-gap-s")
         if not 0 <= self.min_azimuth_deg <= self.max_azimuth_deg <= 180:
             raise ValueError("need 0 <= --min-azimuth-deg <= --max-azimuth-deg <= 180")
-        if self.silhouette not in (None, "keypoints", "bgsub", "smpl"):
-            raise ValueError(f"--silhouette takes keypoints, bgsub or smpl (got {self.silhouette})")
+        if self.silhouette not in (None, "keypoints", "bgsub", "smpl", "grabcut", "box"):
+            raise ValueError(f"--silhouette takes keypoints, bgsub, smpl, grabcut or box (got {self.silhouette})")
         if not 0 <= self.min_view_angle_deg <= 180:
             raise ValueError("--min-view-angle-deg must be in [0, 180]")
         bad_opts = [o for o in self.reader_options if "=" not in o or not o.split("=", 1)[0].strip()]

@@ -428,10 +428,20 @@ class PairStream(torch.utils.data.IterableDataset):
 
 
 def make_loader(stream: PairStream, workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
-    """DataLoader over a PairStream (batches are built in the workers)."""
+    """DataLoader over a PairStream (batches are built in the workers).
+
+    Workers start from a fork server, not by forking this process: a plain fork copies whatever
+    thread pools the parent already runs (OpenCV's, OpenMP's) with their locks possibly held, and
+    a worker that then decodes with OpenCV can hang forever.
+    """
+    import multiprocessing as mp
+
+    ctx = None
+    if workers > 0 and "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
     return torch.utils.data.DataLoader(
         stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-        prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
+        prefetch_factor=4 if workers > 0 else None, persistent_workers=False, multiprocessing_context=ctx)
 
 
 # --------------------------------------------------------------------------- on the device

@@ -6,6 +6,9 @@
   the frame, cleaned, restricted to the person's box, keeping the components that touch the body.
 - ``smpl``: the dataset's body/hand model fit (vertices + faces) projected with the calibration
   and rasterised.
+- ``grabcut``: for sources with only a person box (MARS): OpenCV's GrabCut seeded with the box
+  (an ellipse inside it is probably the person, the rest of the crop probably not).
+- ``box``: the person box itself (what ``keypoints`` falls back to without joints; recorded as such).
 """
 
 from __future__ import annotations
@@ -177,3 +180,49 @@ def mesh_mask(uv_crop: np.ndarray, depth: np.ndarray, faces: np.ndarray, size: i
         cv2.fillConvexPoly(big, t, 255, lineType=cv2.LINE_8, shift=2)
     small = cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA)
     return np.where(small >= 128, 255, 0).astype(np.uint8)
+
+
+def grabcut_mask(image: np.ndarray, box: np.ndarray, work: int = 256, iterations: int = 4) -> np.ndarray:
+    """Person mask (frame size, 0/255) from a box ([x0, y0, x1, y1] frame pixels) by GrabCut.
+
+    Runs on a window around the box at source resolution (its long side capped at ``work`` px):
+    an ellipse inscribed in the box is probably the person, the rest probably not, and the window's
+    left/right edge columns beside the box are certainly background. The box is widened by half its
+    width on each side, so the model sees enough background.
+    """
+    import cv2
+
+    H, W = image.shape[:2]
+    x0, y0, x1, y1 = (float(v) for v in box)
+    bw, bh = x1 - x0, y1 - y0
+    wx0, wx1 = int(max(0, np.floor(x0 - 0.5 * bw))), int(min(W, np.ceil(x1 + 0.5 * bw)))
+    wy0, wy1 = int(max(0, np.floor(y0 - 0.1 * bh))), int(min(H, np.ceil(y1 + 0.1 * bh)))
+    out = np.zeros((H, W), np.uint8)
+    if wx1 - wx0 < 8 or wy1 - wy0 < 8:
+        return out
+    win = image[wy0:wy1, wx0:wx1]
+    s = min(1.0, work / max(win.shape[:2]))
+    small = cv2.resize(win, (max(8, round(win.shape[1] * s)), max(8, round(win.shape[0] * s))),
+                       interpolation=cv2.INTER_AREA) if s < 1 else np.ascontiguousarray(win)
+    h, w = small.shape[:2]
+    gc = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
+    cx, cy = ((x0 + x1) / 2 - wx0) * s, ((y0 + y1) / 2 - wy0) * s
+    ell = np.zeros((h, w), np.uint8)
+    cv2.ellipse(ell, (int(round(cx)), int(round(cy))), (max(1, int(bw * s / 2)), max(1, int(bh * s / 2))),
+                0, 0, 360, 1, -1)
+    gc[ell > 0] = cv2.GC_PR_FGD
+    if (x0 - wx0) * s >= 2:
+        gc[:, :2] = cv2.GC_BGD
+    if (wx1 - x1) * s >= 2:
+        gc[:, -2:] = cv2.GC_BGD
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    try:
+        cv2.grabCut(small, gc, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+        fg = ((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)).astype(np.uint8)
+    except cv2.error:  # degenerate colour models (flat images): keep the prior
+        fg = ell
+    if not fg.any():
+        fg = ell
+    fg = cv2.resize(fg * 255, (wx1 - wx0, wy1 - wy0), interpolation=cv2.INTER_NEAREST) if s < 1 else fg * 255
+    out[wy0:wy1, wx0:wx1] = fg
+    return out

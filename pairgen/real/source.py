@@ -61,6 +61,9 @@ class RealSource(Source):
         for flag, path in (("--root", c.root), ("--annotations", c.annotations), ("--videos", c.videos)):
             if path and not Path(path).is_dir():
                 raise ValueError(f"{flag} {path}: not a directory")
+        usable = getattr(self.reader_cls, "silhouettes", None)
+        if c.silhouette and usable and c.silhouette not in usable:
+            raise ValueError(f"--silhouette {c.silhouette} does not suit {self.name} (usable: {', '.join(usable)})")
         if self.config.silhouette == "smpl" and not (self.config.smpl_model or self.config.mano_model):
             raise ValueError("--silhouette smpl renders the dataset's body-model fits: give --smpl-model (or --mano-model)")
         self.make_reader().check()
@@ -75,6 +78,8 @@ class RealSource(Source):
             splits = ", ".join(sorted({s for _, s in listed})) or "none"
             raise ValueError(f"source {self.name}: no unit in split {c.split!r} under {c.root} (splits found: {splits})"
                              if c.split else f"source {self.name}: no unit found under {c.root}")
+        # a seeded order spreads a small build over the whole dataset instead of its first units
+        names = [names[i] for i in np.random.default_rng([c.seed, len(names)]).permutation(len(names))]
         quota = math.ceil(c.num_pairs / len(names))
         if len(c.kinds) == 2:
             n_cv = int(round(quota * c.cross_view_fraction))
@@ -210,15 +215,24 @@ class RealWorker(SourceWorker):
         if obs.head_box is not None:
             hb = cropping.to_crop(np.asarray(obs.head_box, np.float64).reshape(2, 2), cbox, S)
             head = np.array([hb[0, 0], hb[0, 1], hb[1, 0], hb[1, 1]])
+        b = cropping.to_crop(np.array([[box[0], box[1]], [box[2], box[3]]]), cbox, S)
+        in_frame = cropping.crop_resize(np.ones((h, w), np.uint8), cbox, S, nearest=True) > 0
         if kps is not None:
             rough = (sil.hand_keypoint_mask(kps, S) if unit.kind == "hand"
                      else sil.body_keypoint_mask(kps, S, head_box=head))
         else:
             rough = np.zeros((S, S), np.uint8)
-            b = cropping.to_crop(np.array([[box[0], box[1]], [box[2], box[3]]]), cbox, S)
             rough[max(0, int(b[0, 1])):int(b[1, 1]) + 1, max(0, int(b[0, 0])):int(b[1, 0]) + 1] = 255
+        used = method
         if method == "keypoints":
             mask = rough
+            used = "keypoints" if kps is not None else "box"
+        elif method == "box":
+            mask = rough if kps is None else np.zeros((S, S), np.uint8)
+            if kps is not None:
+                mask[max(0, int(b[0, 1])):int(b[1, 1]) + 1, max(0, int(b[0, 0])):int(b[1, 0]) + 1] = 255
+        elif method == "grabcut":  # at source resolution, then cropped like the image
+            mask = cropping.crop_resize(sil.grabcut_mask(img, box), cbox, S, nearest=True)
         elif method == "bgsub":
             if cam not in backgrounds:
                 raise PairSkip("no background model for the camera")
@@ -238,16 +252,16 @@ class RealWorker(SourceWorker):
         else:
             raise PairSkip(f"unknown silhouette method {method}")
         # nothing of the person is known in the padding outside the frame
-        mask = np.where(cropping.crop_resize(np.ones((h, w), np.uint8), cbox, S, nearest=True) > 0, mask, 0).astype(np.uint8)
+        mask = np.where(in_frame, mask, 0).astype(np.uint8)
         if not mask.any():
             raise PairSkip("empty silhouette")
         extra = {name: cropping.to_crop(k, cbox, S) for name, k in (obs.extra_keypoints or {}).items()}
-        return crop, mask, kps, cropping.crop_box_used(cbox), extra
+        return crop, mask, kps, cropping.crop_box_used(cbox), extra, used
 
     def _pair(self, unit: Unit, p: PairSpec, frames, backgrounds, method: str) -> PairRecord:
-        t_img, t_mask, t_kps, t_box, t_extra = self._side(unit, p.track, p.cam_target, p.frame_target, frames,
+        t_img, t_mask, t_kps, t_box, t_extra, t_used = self._side(unit, p.track, p.cam_target, p.frame_target, frames,
                                                           backgrounds, method)
-        r_img, r_mask, r_kps, r_box, r_extra = self._side(unit, p.track, p.cam_reference, p.frame_reference, frames,
+        r_img, r_mask, r_kps, r_box, r_extra, r_used = self._side(unit, p.track, p.cam_reference, p.frame_reference, frames,
                                                           backgrounds, method)
         meta = {
             "source": self.source_name, "kind": p.kind, "split": self._split(unit),
@@ -256,7 +270,8 @@ class RealWorker(SourceWorker):
             "camera_reference": p.cam_reference, "frame_target": p.frame_target,
             "frame_reference": p.frame_reference, "time_gap_s": p.time_gap_s,
             "view_angle_deg": None if p.view_angle_deg is None else round(p.view_angle_deg, 4),
-            "motion": p.motion, "silhouette_method": method, "seed": self.config.seed, "fps": unit.fps,
+            "motion": p.motion, "silhouette_method": t_used if t_used == r_used else f"{t_used}+{r_used}",
+            "seed": self.config.seed, "fps": unit.fps,
             "crop_target_x0": t_box[0], "crop_target_y0": t_box[1], "crop_target_x1": t_box[2], "crop_target_y1": t_box[3],
             "crop_reference_x0": r_box[0], "crop_reference_y0": r_box[1], "crop_reference_x1": r_box[2],
             "crop_reference_y1": r_box[3],

@@ -121,6 +121,7 @@ class Reader:
     summary = ""
     needs = ""
     layout = ""  # the expected root layout, shown by `pairgen sources` and the README
+    silhouettes: tuple[str, ...] = ("keypoints", "bgsub", "smpl", "box")  # methods that suit the data
 
     def __init__(self, root: str | None, options: dict | None = None):
         self.root = Path(root) if root else None

@@ -15,6 +15,7 @@ REGISTRY: dict[str, str] = {
     "3dpw": "pairgen.sources.threedpw:ThreeDPWSource",
     "posetrack": "pairgen.sources.posetrack:PoseTrackSource",
     "jrdb": "pairgen.sources.jrdb:JrdbSource",
+    "mars": "pairgen.sources.mars:MarsSource",
     "pennaction": "pairgen.sources.pennaction:PennActionSource",
 }
 
