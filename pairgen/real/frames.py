@@ -20,26 +20,25 @@ class FrameError(Exception):
         self.reason, self.detail = reason, detail
 
 
-def decode_video(path: Path, wanted: set[int], fps: float,
-                 counter: dict | None = None) -> tuple[dict[int, np.ndarray], tuple[str, str] | None]:
-    """Frames ``wanted`` (indices at ``fps``) of a video as RGB arrays, in one sequential pass.
+def video_frames(path: Path, wanted: set[int], fps: float, counter: dict | None = None, errors: list | None = None):
+    """Yield (index, RGB) for the frames ``wanted`` (indices at ``fps``) in one sequential pass.
 
     Frame index = floor(timestamp * fps) (AIST's rule: 60 fps, rounded down); without timestamps,
-    the decode order. Returns (frames, error): a truncated or damaged file yields the frames
-    decoded before the damage and an error (reason, detail) (missing frames are the caller's to count).
-    ``counter`` (optional) accumulates ``decoded_frames``.
+    the decode order. A missing, truncated or damaged file ends the stream early and appends
+    (reason, detail) to ``errors`` (the caller counts the frames it did not get). ``counter``
+    accumulates ``decoded_frames``.
     """
     import av
 
-    out: dict[int, np.ndarray] = {}
     if not wanted:
-        return out, None
-    last = max(wanted)
+        return
+    last, got = max(wanted), set()
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError) as exc:
-        return out, ("unreadable video", f"{Path(path).name}: {exc}")
-    error = None
+        if errors is not None:
+            errors.append(("unreadable video", f"{Path(path).name}: {exc}"))
+        return
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -48,17 +47,27 @@ def decode_video(path: Path, wanted: set[int], fps: float,
                 counter["decoded_frames"] = counter.get("decoded_frames", 0) + 1
             t = frame.time
             idx = int(np.floor(t * fps + 1e-6)) if t is not None else n
-            if idx in wanted and idx not in out:
-                out[idx] = frame.to_ndarray(format="rgb24")
+            if idx in wanted and idx not in got:
+                got.add(idx)
+                yield idx, frame.to_ndarray(format="rgb24")
             if idx >= last:
                 break
     except (av.FFmpegError, OSError, ValueError) as exc:
-        error = ("damaged video", f"{Path(path).name}: after {len(out)} wanted frames: {exc}")
+        if errors is not None:
+            errors.append(("damaged video", f"{Path(path).name}: after {len(got)} wanted frames: {exc}"))
+        return
     finally:
         container.close()
-    if error is None and len(out) < len(wanted):
-        error = ("video ended early", f"{Path(path).name}: before frame {max(set(wanted) - set(out))}")
-    return out, error
+    if len(got) < len(wanted) and errors is not None:
+        errors.append(("video ended early", f"{Path(path).name}: before frame {max(set(wanted) - got)}"))
+
+
+def decode_video(path: Path, wanted: set[int], fps: float,
+                 counter: dict | None = None) -> tuple[dict[int, np.ndarray], tuple[str, str] | None]:
+    """All wanted frames of a video at once: ({index: RGB}, first error or None)."""
+    errors: list = []
+    out = dict(video_frames(path, wanted, fps, counter, errors))
+    return out, (errors[0] if errors else None)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -82,20 +91,30 @@ def read_image(path: Path) -> np.ndarray:
     return np.ascontiguousarray(img[..., ::-1])
 
 
-def load_frames(unit, needed: dict[str, set[int]],
-                metrics: dict | None = None) -> tuple[dict[tuple[str, int], np.ndarray], list[tuple[str, str, str]]]:
-    """Decode what ``needed`` ({camera: frame ids}) asks for, once each.
+def iter_frames(unit, needed: dict[str, set[int]], metrics: dict | None = None, problems: list | None = None):
+    """Yield (cam, frame, RGB) for what ``needed`` ({camera: frame ids}) asks for, each decoded once.
 
-    Returns ({(cam, frame): RGB}, [(unit part, reason, detail)] for what could not be decoded).
-    ``metrics`` (optional) accumulates decoded_frames and decode_s (for the benchmarks).
+    The caller consumes each frame as it comes (crops it) instead of holding a sequence's frames in
+    memory. What cannot be decoded is appended to ``problems`` as (unit part, reason, detail).
+    ``metrics`` accumulates decoded_frames and decode_s (time spent decoding, not consuming).
     """
     import time
 
-    t0 = time.perf_counter()
     metrics = metrics if metrics is not None else {}
+    problems = problems if problems is not None else []
     mode, spec = unit.images
-    frames: dict[tuple[str, int], np.ndarray] = {}
-    problems: list[tuple[str, str, str]] = []
+
+    def timed(gen):
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item = next(gen)
+            except StopIteration:
+                metrics["decode_s"] = metrics.get("decode_s", 0.0) + time.perf_counter() - t0
+                return
+            metrics["decode_s"] = metrics.get("decode_s", 0.0) + time.perf_counter() - t0
+            yield item
+
     for cam in sorted(needed):
         wanted = needed[cam]
         if mode == "video":
@@ -103,18 +122,29 @@ def load_frames(unit, needed: dict[str, set[int]],
             if path is None or not Path(path).exists():
                 problems.append((f"{unit.name}/{cam}", "missing video", str(path)))
                 continue
-            got, err = decode_video(Path(path), wanted, unit.fps, metrics)
-            frames.update({(cam, f): img for f, img in got.items()})
-            if err:
-                problems.append((f"{unit.name}/{cam}", *err))
+            errors: list = []
+            for f, img in timed(video_frames(Path(path), wanted, unit.fps, metrics, errors)):
+                yield cam, f, img
+            problems.extend((f"{unit.name}/{cam}", reason, detail) for reason, detail in errors)
         else:
             for f in sorted(wanted):
+                t0 = time.perf_counter()
                 try:
-                    frames[(cam, f)] = read_image(unit.image_path(cam, f))
-                    metrics["decoded_frames"] = metrics.get("decoded_frames", 0) + 1
+                    img = read_image(unit.image_path(cam, f))
                 except FrameError as exc:
                     problems.append((f"{unit.name}/{cam}/{f}", exc.reason, exc.detail))
-    metrics["decode_s"] = metrics.get("decode_s", 0.0) + time.perf_counter() - t0
+                    continue
+                finally:
+                    metrics["decode_s"] = metrics.get("decode_s", 0.0) + time.perf_counter() - t0
+                metrics["decoded_frames"] = metrics.get("decoded_frames", 0) + 1
+                yield cam, f, img
+
+
+def load_frames(unit, needed: dict[str, set[int]],
+                metrics: dict | None = None) -> tuple[dict[tuple[str, int], np.ndarray], list[tuple[str, str, str]]]:
+    """All of :func:`iter_frames` at once: ({(cam, frame): RGB}, problems)."""
+    problems: list = []
+    frames = {(cam, f): img for cam, f, img in iter_frames(unit, needed, metrics, problems)}
     return frames, problems
 
 

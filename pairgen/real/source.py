@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pairgen.real import crop as cropping
 from pairgen.real import silhouette as sil
-from pairgen.real.frames import load_frames
+from pairgen.real.frames import iter_frames
 from pairgen.real.mining import PairSpec, mine_pairs
 from pairgen.real.types import BadUnit, Reader, Unit
 from pairgen.record import PairRecord, ShardResult
@@ -32,6 +33,27 @@ SPLIT_ALIASES = {"validation": "val", "valid": "val", "training": "train", "test
 
 class PairSkip(Exception):
     """One pair cannot be built (frame not decoded, person too small or outside the frame)."""
+
+
+@dataclass
+class Side:
+    """One image of a pair, cropped: crop [S, S, 3], silhouette [S, S] (None until computed),
+    keypoints in crop pixels, the crop box (float and as recorded), extra keypoint sets, the method
+    actually used, and what bgsub needs later (the rough person mask, the in-frame part)."""
+
+    crop: np.ndarray
+    mask: np.ndarray | None
+    kps: np.ndarray | None
+    cbox: np.ndarray
+    box_used: list[float]
+    extra: dict
+    used: str
+    rough: np.ndarray
+    in_frame: np.ndarray
+
+    def with_mask(self, mask: np.ndarray, used: str) -> "Side":
+        self.mask, self.used = mask, used
+        return self
 
 
 class RealSource(Source):
@@ -159,45 +181,86 @@ class RealWorker(SourceWorker):
         return result
 
     def _build_unit(self, unit: Unit, specs: list[PairSpec], result: ShardResult) -> None:
+        """Decode the unit's needed frames once, crop each as it streams past (a sequence's frames are
+        never all in memory), then assemble the pairs."""
         method = self.config.silhouette or unit.silhouette_default
         if method == "smpl" and unit.meshes is None:
             for _ in specs:
                 result.skip("smpl silhouette: no body-model fit for this unit", unit=unit.name)
             return
         needed: dict[str, set[int]] = defaultdict(set)
+        tracks_at: dict[tuple[str, int], set[str]] = defaultdict(set)
         for p in specs:
-            needed[p.cam_target].add(p.frame_target)
-            needed[p.cam_reference].add(p.frame_reference)
-        samples: dict[str, list[int]] = {}
+            for cam, frame in ((p.cam_target, p.frame_target), (p.cam_reference, p.frame_reference)):
+                needed[cam].add(frame)
+                tracks_at[(cam, frame)].add(p.track)
+        samples: dict[str, set[int]] = {}
         if method == "bgsub":
             for cam in list(needed):
                 seen = sorted({f for (t, c, f) in unit.observations if c == cam})
                 idx = np.linspace(0, len(seen) - 1, min(BACKGROUND_SAMPLES, len(seen))).round().astype(int)
-                samples[cam] = sorted({seen[i] for i in idx})
+                samples[cam] = {seen[i] for i in idx}
                 needed[cam].update(samples[cam])
-        frames, problems = load_frames(unit, needed, result.metrics)
+        sides: dict[tuple[str, str, int], Side | PairSkip] = {}
+        bg_frames: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
+        problems: list = []
+        for cam, frame, img in iter_frames(unit, needed, result.metrics, problems):
+            if frame in samples.get(cam, ()):
+                bg_frames[cam][frame] = img  # the background samples: a few full frames per camera
+            for track in tracks_at.get((cam, frame), ()):
+                try:
+                    sides[(track, cam, frame)] = self._side(unit, track, cam, frame, img, method)
+                except PairSkip as exc:
+                    sides[(track, cam, frame)] = exc
         for part, reason, detail in problems:
             result.skip(reason, unit=part, detail=detail or None)
-        backgrounds = {}
-        for cam, fs in samples.items():
-            fs = [f for f in fs if (cam, f) in frames]
-            if len(fs) >= 3:
-                boxes = [[b for (t, c, ff), o in unit.observations.items() if c == cam and ff == f
-                          for b in [cropping.person_box(o)] if b is not None] for f in fs]
-                backgrounds[cam] = sil.background_model([frames[(cam, f)] for f in fs], boxes)
+        if method == "bgsub":
+            self._bgsub(unit, sides, bg_frames)
         for p in specs:
             try:
-                result.pairs.append(self._pair(unit, p, frames, backgrounds, method))
+                t = self._get(sides, p.track, p.cam_target, p.frame_target)
+                r = self._get(sides, p.track, p.cam_reference, p.frame_reference)
+                result.pairs.append(self._pair(unit, p, t, r))
             except PairSkip as exc:
                 result.skip(str(exc), unit=f"{unit.name}/{p.track}/{p.cam_target}:{p.frame_target}-"
                                             f"{p.cam_reference}:{p.frame_reference}")
 
-    def _side(self, unit: Unit, track: str, cam: str, frame: int, frames, backgrounds, method: str):
+    @staticmethod
+    def _get(sides, track: str, cam: str, frame: int) -> "Side":
+        side = sides.get((track, cam, frame))
+        if side is None:
+            raise PairSkip("frame not decoded")
+        if isinstance(side, PairSkip):
+            raise side
+        return side
+
+    def _bgsub(self, unit: Unit, sides: dict, bg_frames: dict) -> None:
+        """Background subtraction once every camera's background samples are decoded."""
+        S = self.config.image_size
+        backgrounds = {}
+        for cam, frames in bg_frames.items():
+            if len(frames) >= 3:
+                fs = sorted(frames)
+                boxes = [[b for (t, c, ff), o in unit.observations.items() if c == cam and ff == f
+                          for b in [cropping.person_box(o)] if b is not None] for f in fs]
+                backgrounds[cam] = sil.background_model([frames[f] for f in fs], boxes)
+        for key, side in sides.items():
+            if isinstance(side, PairSkip):
+                continue
+            cam = key[1]
+            if cam not in backgrounds:
+                sides[key] = PairSkip("no background model for the camera")
+                continue
+            bg, known = backgrounds[cam]
+            known_crop = cropping.crop_resize(known.astype(np.uint8), side.cbox, S, nearest=True) > 0
+            mask = sil.bgsub_mask(side.crop, cropping.crop_resize(bg, side.cbox, S), side.rough, known_crop)
+            mask = np.where(side.in_frame, mask, 0).astype(np.uint8)
+            sides[key] = PairSkip("empty silhouette") if not mask.any() else side.with_mask(mask, "bgsub")
+
+    def _side(self, unit: Unit, track: str, cam: str, frame: int, img: np.ndarray, method: str) -> "Side":
+        """Crop one (track, camera, frame) and compute its silhouette (bgsub: later, see _bgsub)."""
         c = self.config
         S = c.image_size
-        img = frames.get((cam, frame))
-        if img is None:
-            raise PairSkip("frame not decoded")
         obs = unit.observations[(track, cam, frame)]
         box = cropping.person_box(obs)
         if box is None:
@@ -216,29 +279,24 @@ class RealWorker(SourceWorker):
             hb = cropping.to_crop(np.asarray(obs.head_box, np.float64).reshape(2, 2), cbox, S)
             head = np.array([hb[0, 0], hb[0, 1], hb[1, 0], hb[1, 1]])
         b = cropping.to_crop(np.array([[box[0], box[1]], [box[2], box[3]]]), cbox, S)
+        box_mask = np.zeros((S, S), np.uint8)
+        box_mask[max(0, int(b[0, 1])):int(b[1, 1]) + 1, max(0, int(b[0, 0])):int(b[1, 0]) + 1] = 255
         in_frame = cropping.crop_resize(np.ones((h, w), np.uint8), cbox, S, nearest=True) > 0
         if kps is not None:
             rough = (sil.hand_keypoint_mask(kps, S) if unit.kind == "hand"
                      else sil.body_keypoint_mask(kps, S, head_box=head))
         else:
-            rough = np.zeros((S, S), np.uint8)
-            rough[max(0, int(b[0, 1])):int(b[1, 1]) + 1, max(0, int(b[0, 0])):int(b[1, 0]) + 1] = 255
-        used = method
+            rough = box_mask
+        extra = {name: cropping.to_crop(k, cbox, S) for name, k in (obs.extra_keypoints or {}).items()}
+        side = Side(crop, None, kps, cbox, cropping.crop_box_used(cbox), extra, method, rough, in_frame)
+        if method == "bgsub":
+            return side  # needs the camera's background model: finished in _bgsub
         if method == "keypoints":
-            mask = rough
-            used = "keypoints" if kps is not None else "box"
+            mask, used = rough, ("keypoints" if kps is not None else "box")
         elif method == "box":
-            mask = rough if kps is None else np.zeros((S, S), np.uint8)
-            if kps is not None:
-                mask[max(0, int(b[0, 1])):int(b[1, 1]) + 1, max(0, int(b[0, 0])):int(b[1, 0]) + 1] = 255
+            mask, used = box_mask, "box"
         elif method == "grabcut":  # at source resolution, then cropped like the image
-            mask = cropping.crop_resize(sil.grabcut_mask(img, box), cbox, S, nearest=True)
-        elif method == "bgsub":
-            if cam not in backgrounds:
-                raise PairSkip("no background model for the camera")
-            bg, known = backgrounds[cam]
-            known_crop = cropping.crop_resize(known.astype(np.uint8), cbox, S, nearest=True) > 0
-            mask = sil.bgsub_mask(crop, cropping.crop_resize(bg, cbox, S), rough, known_crop)
+            mask, used = cropping.crop_resize(sil.grabcut_mask(img, box), cbox, S, nearest=True), "grabcut"
         elif method == "smpl":
             cal = unit.calibration.get(cam)
             if cal is None:
@@ -248,21 +306,17 @@ class RealWorker(SourceWorker):
             except BadUnit as exc:
                 raise PairSkip(f"smpl mesh: {exc}") from exc
             uv, z = cal.project(verts)
-            mask = sil.mesh_mask(cropping.to_crop(uv, cbox, S), z, np.asarray(faces), S)
+            mask, used = sil.mesh_mask(cropping.to_crop(uv, cbox, S), z, np.asarray(faces), S), "smpl"
         else:
             raise PairSkip(f"unknown silhouette method {method}")
-        # nothing of the person is known in the padding outside the frame
-        mask = np.where(in_frame, mask, 0).astype(np.uint8)
+        mask = np.where(in_frame, mask, 0).astype(np.uint8)  # nothing is known in the padding
         if not mask.any():
             raise PairSkip("empty silhouette")
-        extra = {name: cropping.to_crop(k, cbox, S) for name, k in (obs.extra_keypoints or {}).items()}
-        return crop, mask, kps, cropping.crop_box_used(cbox), extra, used
+        return side.with_mask(mask, used)
 
-    def _pair(self, unit: Unit, p: PairSpec, frames, backgrounds, method: str) -> PairRecord:
-        t_img, t_mask, t_kps, t_box, t_extra, t_used = self._side(unit, p.track, p.cam_target, p.frame_target, frames,
-                                                          backgrounds, method)
-        r_img, r_mask, r_kps, r_box, r_extra, r_used = self._side(unit, p.track, p.cam_reference, p.frame_reference, frames,
-                                                          backgrounds, method)
+    def _pair(self, unit: Unit, p: PairSpec, t: "Side", r: "Side") -> PairRecord:
+        t_kps, t_box, t_extra, t_used = t.kps, t.box_used, t.extra, t.used
+        r_kps, r_box, r_extra, r_used = r.kps, r.box_used, r.extra, r.used
         meta = {
             "source": self.source_name, "kind": p.kind, "split": self._split(unit),
             "subject": unit.track_subjects.get(p.track, unit.subject),
@@ -288,7 +342,7 @@ class RealWorker(SourceWorker):
         for name in sorted(set(t_extra) & set(r_extra)):
             meta[f"{name}_target"] = _kp_list(t_extra[name])
             meta[f"{name}_reference"] = _kp_list(r_extra[name])
-        return PairRecord(t_img, r_img, t_mask, r_mask, meta)
+        return PairRecord(t.crop, r.crop, t.mask, r.mask, meta)
 
     def _split(self, unit: Unit) -> str:
         return unit.split
