@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -66,18 +67,26 @@ def split_uv_topology(faces: np.ndarray, face_uv: np.ndarray) -> tuple[np.ndarra
     return uniq, inverse.reshape(faces.shape)
 
 
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted vertex normals [V, 3] of one mesh."""
-    import torch
+@lru_cache(maxsize=4)
+def _incidence(faces_bytes: bytes, n_faces: int, n_vertices: int):
+    """Sparse [V, F] vertex-face incidence (each face adds its normal to its 3 vertices)."""
+    from scipy.sparse import csr_matrix
 
-    v = torch.from_numpy(np.ascontiguousarray(vertices, dtype=np.float32))
-    f = torch.from_numpy(np.ascontiguousarray(faces, dtype=np.int64))
+    faces = np.frombuffer(faces_bytes, np.int64).reshape(n_faces, 3)
+    rows = faces.reshape(-1)
+    cols = np.repeat(np.arange(n_faces), 3)
+    return csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_vertices, n_faces))
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted vertex normals [V, 3] of one mesh (float32)."""
+    v = np.asarray(vertices, np.float32)
+    f = np.ascontiguousarray(faces, np.int64)
     v0, v1, v2 = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
-    fn = torch.linalg.cross(v1 - v0, v2 - v0)
-    n = torch.zeros_like(v)
-    n.index_add_(0, f.reshape(-1), fn.repeat_interleave(3, dim=0))
-    n = n / (n.norm(dim=1, keepdim=True) + 1e-12)
-    return n.numpy()
+    fn = np.cross(v1 - v0, v2 - v0)  # [F, 3], length = 2 x area
+    n = _incidence(f.tobytes(), len(f), len(v)) @ fn
+    n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
+    return n.astype(np.float32)
 
 
 class AnnyBody:
