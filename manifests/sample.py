@@ -17,7 +17,6 @@ Keys contain no dots and are deterministic: ``<source>-<shard:06d>-<index:06d>``
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from dataclasses import dataclass

@@ -16,10 +16,10 @@ import pytest
 from fixtures_aist import (IGNORED_SEQ, MALFORMED_SEQ, MISSING_DETECTION, PARTIAL_DETECTION, VIEWS, apply_faults,
                            add_sequence_copy, make_aist_fixture, write_video)
 from manifests import layout
-from manifests.sample import decode_sample, iter_tar_samples
 from pairgen.real import crop as cropping
 from pairgen.real.types import BadUnit
 from smpl_fixture import make_smpl_file
+from source_checks import iou as _iou, read_samples as _samples
 
 TRAIN_SEQ, TEST_SEQ = "gBR_sBM_cAll_d04_mBR1_ch02", "gPO_sFM_cAll_d12_mPO3_ch08"
 GAPS = ["--min-gap-s", "0.1", "--max-gap-s", "0.4"]  # the fixture's sequences last 0.5 s
@@ -54,10 +54,6 @@ def _manifest(out: Path):
     return pd.concat([pd.read_parquet(layout.manifest_path(out, n)) for n in layout.finished_shards(out)])
 
 
-def _samples(out: Path):
-    return [decode_sample(k, m) for url in layout.shard_urls(out) for k, m in iter_tar_samples(str(url))]
-
-
 def _stats(out: Path) -> dict:
     skipped, units = {}, []
     for n in layout.finished_shards(out):
@@ -66,10 +62,6 @@ def _stats(out: Path) -> dict:
             skipped[k] = skipped.get(k, 0) + v
         units += s.get("skipped_units", [])
     return {"skipped": skipped, "skipped_units": units}
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
 
 
 def _angle(truth, seq, cam_a, cam_b, frame) -> float:

@@ -3,7 +3,8 @@ against the fixture's ground truth (pairing, view angles, gaps, crops, silhouett
 
 from __future__ import annotations
 
-import json
+import functools
+
 import os
 import shutil
 import subprocess
@@ -14,12 +15,11 @@ import numpy as np
 import pytest
 
 from fixtures_humbi import BUNDLE, FAULTS, inject_faults, make_humbi_fixture
-from manifests import layout
-from manifests.sample import decode_sample, iter_tar_samples
 from pairgen.real import crop as cropping
 from pairgen.real.types import BadUnit
 from pairgen.sources.humbi import HumbiReader, read_cameras
 from smpl_fixture import make_smpl_file
+from source_checks import build_and_verify, iou as _iou, read_samples as _samples, read_stats as _stats
 
 
 @pytest.fixture(scope="module")
@@ -44,24 +44,7 @@ def smpl_file(tmp_path_factory, synthetic_worker):
     return make_smpl_file(tmp_path_factory.mktemp("smpl") / "SMPL_NEUTRAL.pkl", synthetic_worker.generator.body)
 
 
-def _build(root, out, *extra: str) -> None:
-    from pairgen.cli import main
-
-    assert main(["build", "--source", "humbi", "--root", str(root), "--out", str(out), "--local", "--quiet",
-                 *extra]) == 0
-    assert main(["verify", str(out)]) == 0
-
-
-def _samples(out):
-    return [decode_sample(k, m) for tar in layout.shard_urls(out) for k, m in iter_tar_samples(str(tar))]
-
-
-def _stats(out) -> list[dict]:
-    return [json.loads(layout.stats_path(out, n).read_text()) for n in layout.finished_shards(out)]
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
+_build = functools.partial(build_and_verify, "humbi")
 
 
 def _check_against_truth(samples, truth) -> dict:

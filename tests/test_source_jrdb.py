@@ -5,7 +5,8 @@ overlapping cameras), and faults."""
 
 from __future__ import annotations
 
-import json
+import functools
+
 import os
 import shutil
 import subprocess
@@ -16,11 +17,10 @@ import numpy as np
 import pytest
 
 from fixtures_jrdb import CAMS, FAULTS, SEAM_TRACK, SPLIT_DIR, STITCHED, inject_faults, make_jrdb_fixture, mask
-from manifests import layout
-from manifests.sample import decode_sample, iter_tar_samples
 from pairgen.real import crop as cropping
 from pairgen.real.types import BadUnit
 from pairgen.sources.jrdb import JRDB_TO_COCO, JrdbReader, jrdb_to_coco
+from source_checks import build_and_verify, iou as _iou, read_samples as _samples, read_stats as _stats
 
 SEQ1, SEQ2 = "bytes-cafe-2019-02-07_0", "gates-ai-lab-2019-02-08_0"
 
@@ -42,24 +42,7 @@ def faulty(tmp_path_factory, jrdb):
     return truth
 
 
-def _build(root, out, *extra: str) -> None:
-    from pairgen.cli import main
-
-    assert main(["build", "--source", "jrdb", "--root", str(root), "--out", str(out), "--local", "--quiet",
-                 *extra]) == 0
-    assert main(["verify", str(out)]) == 0
-
-
-def _samples(out):
-    return [decode_sample(k, m) for tar in layout.shard_urls(out) for k, m in iter_tar_samples(str(tar))]
-
-
-def _stats(out) -> list[dict]:
-    return [json.loads(layout.stats_path(out, n).read_text()) for n in layout.finished_shards(out)]
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
+_build = functools.partial(build_and_verify, "jrdb")
 
 
 def _in_crop(full: np.ndarray, box: np.ndarray, S: int) -> np.ndarray:

@@ -4,6 +4,8 @@ tracklet, gaps, crops, silhouettes against the person and the neighbours) and fa
 
 from __future__ import annotations
 
+import functools
+
 import json
 import os
 import shutil
@@ -16,11 +18,11 @@ import pytest
 
 from fixtures_mars import CROP_H, CROP_W, copy_fixture, inject_faults, make_mars_fixture
 from manifests import layout
-from manifests.sample import decode_sample, iter_tar_samples
 from pairgen.real import crop as cropping
 from pairgen.real.frames import read_image
 from pairgen.real.types import BadUnit
 from pairgen.sources.mars import MarsReader
+from source_checks import build_and_verify, iou as _iou, read_samples as _samples
 
 FPS = 25.0
 
@@ -38,25 +40,12 @@ def faulty(tmp_path_factory, mars):
     return truth
 
 
-def _build(root, out, *extra: str) -> None:
-    from pairgen.cli import main
-
-    assert main(["build", "--source", "mars", "--root", str(root), "--out", str(out), "--local", "--quiet",
-                 *extra]) == 0
-    assert main(["verify", str(out)]) == 0
-
-
-def _samples(out):
-    return [decode_sample(k, m) for tar in layout.shard_urls(out) for k, m in iter_tar_samples(str(tar))]
+_build = functools.partial(build_and_verify, "mars")
 
 
 def _named(out) -> list[tuple[str, str]]:
     stats = [json.loads(layout.stats_path(out, n).read_text()) for n in layout.finished_shards(out)]
     return [(u["unit"], u["reason"]) for s in stats for u in s["skipped_units"]]
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
 
 
 def _check_against_truth(samples, truth) -> dict:
@@ -223,7 +212,6 @@ def test_malformed_info_mat_falls_back_to_file_names(mars, tmp_path):
     _build(truth["root"], out, "--kinds", "cross_pose", "--num-pairs", "24", "--split", "train", "--silhouette", "box")
     assert ("0001C1T0001/info/tracks_train_info.mat", "malformed info table: tracklets from file names") in _named(out)
     assert len(_samples(out)) == 24
-
 
 
 def test_box_method_is_recorded_truthfully_and_unsuitable_methods_are_refused(mars, tmp_path, capsys):

@@ -5,7 +5,8 @@ and faults (malformed .mat, corrupt JPEG, frames missing on disk, a one-frame vi
 
 from __future__ import annotations
 
-import json
+import functools
+
 import os
 import shutil
 import subprocess
@@ -16,11 +17,10 @@ import numpy as np
 import pytest
 
 from fixtures_pennaction import FAULTS, VIDEOS, inject_faults, make_pennaction_fixture
-from manifests import layout
-from manifests.sample import decode_sample, iter_tar_samples
 from pairgen.real import crop as cropping
 from pairgen.real.types import BadUnit
-from pairgen.sources.pennaction import PennActionReader, read_labels
+from pairgen.sources.pennaction import PennActionReader
+from source_checks import build_and_verify, read_samples as _samples, read_stats as _stats
 
 COCO_SLOTS = (0, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)  # README order -> COCO-17
 
@@ -41,20 +41,7 @@ def faulty(tmp_path_factory, penn):
     return truth
 
 
-def _build(root, out, *extra: str) -> None:
-    from pairgen.cli import main
-
-    assert main(["build", "--source", "pennaction", "--root", str(root), "--out", str(out), "--local", "--quiet",
-                 *extra]) == 0
-    assert main(["verify", str(out)]) == 0
-
-
-def _samples(out):
-    return [decode_sample(k, m) for tar in layout.shard_urls(out) for k, m in iter_tar_samples(str(tar))]
-
-
-def _stats(out) -> list[dict]:
-    return [json.loads(layout.stats_path(out, n).read_text()) for n in layout.finished_shards(out)]
+_build = functools.partial(build_and_verify, "pennaction")
 
 
 def _crop_mask(mask: np.ndarray, box: np.ndarray, S: int) -> np.ndarray:

@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 
 from fixtures_posetrack import BAD_VIDEO, FAULTS, FPS, VIDEOS, inject_faults, make_posetrack_fixture
-from manifests import layout
-from manifests.sample import decode_sample, iter_tar_samples
 from pairgen.real import crop as cropping
 from pairgen.real.types import BadUnit
 from pairgen.sources.posetrack import PoseTrackReader
+from source_checks import read_samples as _samples, read_stats as _stats
 
 TRAIN, VAL = VIDEOS[0][0], VIDEOS[1][0]
 GAPS = ["--min-gap-s", "0.1", "--max-gap-s", "0.6"]  # the fixture's videos last 0.64 s
@@ -46,14 +45,6 @@ def _build(root, out, *extra: str) -> None:
     assert main(["build", "--source", "posetrack", "--root", str(root), "--out", str(out), "--local", "--quiet",
                  *GAPS, *extra]) == 0
     assert main(["verify", str(out)]) == 0
-
-
-def _samples(out):
-    return [decode_sample(k, m) for tar in layout.shard_urls(out) for k, m in iter_tar_samples(str(tar))]
-
-
-def _stats(out) -> list[dict]:
-    return [json.loads(layout.stats_path(out, n).read_text()) for n in layout.finished_shards(out)]
 
 
 def _gt_crop(mask: np.ndarray, box: np.ndarray, S: int) -> np.ndarray:

@@ -15,10 +15,10 @@ import pytest
 from fixtures_threedpw import (CORRUPT_IMAGES, INVALID, MALFORMED_SEQ, MISSING_IMAGES, NO_2D, SHORT_SEQ,
                                make_threedpw_fixture, project)
 from manifests import layout
-from manifests.sample import decode_sample, iter_tar_samples
 from pairgen.real import crop as cropping
 from pairgen.real.types import BadUnit
 from smpl_fixture import make_smpl_file
+from source_checks import iou as _iou, read_samples as _samples
 
 TRAIN, TEST, VAL = "courtyard_walkPair_00", "downtown_walkPair_01", "outdoors_walkPair_02"
 GAPS = ["--min-gap-s", "0.1", "--max-gap-s", "0.5"]  # the fixture's sequences last 20 frames (0.67 s)
@@ -55,10 +55,6 @@ def _manifest(out: Path):
     return pd.concat([pd.read_parquet(layout.manifest_path(out, n)) for n in layout.finished_shards(out)])
 
 
-def _samples(out: Path):
-    return [decode_sample(k, m) for url in layout.shard_urls(out) for k, m in iter_tar_samples(str(url))]
-
-
 def _stats(out: Path) -> dict:
     skipped, units = {}, []
     for n in layout.finished_shards(out):
@@ -67,10 +63,6 @@ def _stats(out: Path) -> dict:
             skipped[k] = skipped.get(k, 0) + v
         units += s.get("skipped_units", [])
     return {"skipped": skipped, "skipped_units": units}
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
 
 
 def _check_against_truth(truth, out: Path, S: int = 256) -> tuple[list[float], list[float]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 from pairgen.config import BuildConfig
-from pairgen.sources.base import Source, ShardTask, SourceWorker  # noqa: F401
+from pairgen.sources.base import Source, ShardTask, SourceWorker  # noqa: F401 - the public interface
 
 REGISTRY: dict[str, str] = {
     "synthetic": "pairgen.sources.synthetic:SyntheticSource",

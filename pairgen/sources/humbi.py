@@ -312,7 +312,7 @@ class HumbiReader(Reader):
         faces = self.faces()
         meshes = None
         if faces is not None:
-            def meshes(track: str, frame: int) -> tuple[np.ndarray, np.ndarray]:
+            def meshes(track: str, frame: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: F811
                 verts = read_points(body / f"{frame:08d}" / "reconstruction" / "smpl_vertex.txt")
                 if faces.max() >= len(verts):
                     raise BadUnit(f"smpl_vertex.txt of frame {frame:08d} has {len(verts)} vertices; the SMPL "

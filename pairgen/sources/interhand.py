@@ -358,11 +358,11 @@ class InterHandReader(Reader):
                 box = np.array([q[:, 0].min(), q[:, 1].min(), q[:, 0].max(), q[:, 1].max()])
                 observations[(hand, cam, fr)] = Observation(box=box, keypoints=kps)
         if no_joints:
-            notes.append(f"{no_joints} images without 3D joints skipped")
+            skipped.append(("images", "images without 3D joints", f"{no_joints} images skipped"))
         for cam, (w, h) in sizes.items():
             calib[cam].width, calib[cam].height = w, h
         if not observations:
-            raise BadUnit(f"{name}: no visible hand" + (f" ({'; '.join(notes)})" if notes else ""))
+            raise BadUnit(f"{name}: no visible hand" + (f" ({'; '.join(f'{p}: {r}' for p, r, _ in skipped)})" if skipped else ""))
 
         frames = sorted({fr for (_, fr) in paths})
         cameras = sorted({cam for (cam, _) in paths})
