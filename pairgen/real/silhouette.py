@@ -23,17 +23,23 @@ _FINGERS = [list(range(4 * f, 4 * f + 4)) for f in range(5)]
 _WRIST = 20
 
 
+def _usable(kps: np.ndarray, min_conf: float) -> tuple[dict[int, np.ndarray], dict[int, tuple[int, int]]]:
+    """Joints with finite coordinates and confidence > ``min_conf``: {index: (x, y)} and the same
+    rounded to integer pixels (what OpenCV's drawing calls take)."""
+    k = np.asarray(kps, np.float64)
+    ok = np.isfinite(k).all(1) & (k[:, 2] > min_conf)
+    pts = {int(i): k[i, :2] for i in np.nonzero(ok)[0]}
+    return pts, {i: (int(round(p[0])), int(round(p[1]))) for i, p in pts.items()}
+
+
 def body_keypoint_mask(kps: np.ndarray, size: int, min_conf: float = 0.05,
                        head_box: np.ndarray | None = None) -> np.ndarray:
     """Mask from COCO-17 keypoints [17, 3] already in crop pixels; ``head_box`` ([x0, y0, x1, y1] in
     crop pixels, when annotated) replaces the head disc guessed from the face joints."""
     import cv2
 
-    k = np.asarray(kps, np.float64)
     mask = np.zeros((size, size), np.uint8)
-    ok = np.isfinite(k).all(1) & (k[:, 2] > min_conf)
-    pts = {i: k[i, :2] for i in np.nonzero(ok)[0]}
-    ip = {i: tuple(int(v) for v in np.round(k[i, :2])) for i in pts}
+    pts, ip = _usable(kps, min_conf)
     if len(pts) < 2:
         return mask
     arr = np.array(list(pts.values()))
@@ -81,11 +87,8 @@ def hand_keypoint_mask(kps: np.ndarray, size: int, min_conf: float = 0.05) -> np
     """Mask from 21 hand joints [21, 3] (InterHand order) in crop pixels: palm polygon + finger capsules."""
     import cv2
 
-    k = np.asarray(kps, np.float64)
     mask = np.zeros((size, size), np.uint8)
-    ok = np.isfinite(k).all(1) & (k[:, 2] > min_conf)
-    pts = {i: k[i, :2] for i in np.nonzero(ok)[0]}
-    ip = {i: tuple(int(v) for v in np.round(k[i, :2])) for i in pts}
+    pts, ip = _usable(kps, min_conf)
     if len(pts) < 2:
         return mask
     arr = np.array(list(pts.values()))
