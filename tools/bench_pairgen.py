@@ -180,9 +180,13 @@ def _bench_aist(root: str, args) -> int:
     print(f"aist fixture (9 cameras x {args.frames} frames, 1920x1080 H.264 at 60 fps), {args.workers} workers, "
           f"{pairs} pairs, wall {wall:.1f} s")
     print(f"  pipeline steady state:           {pairs / busy:.1f} pairs/s per core")
-    print(f"  decoding inside the pipeline:    {pipe:.1f} frames/s ({decoded} frames decoded once each)")
+    end_to_end = decoded / busy
+    print(f"  decoding inside the pipeline:    {pipe:.1f} frames/s while blocked on the decoder "
+          f"({decoded} frames decoded once each; FFmpeg's threads also decode ahead while the worker crops)")
+    print(f"  frames per second of shard work: {end_to_end:.1f} frames/s (decode + crop + silhouette + encode + write)")
     print(f"  raw PyAV decoding, same videos:  {raw:.1f} frames/s (1 process)")
-    print(f"  ratio:                           {pipe / raw:.2f} (goal >= 0.8)")
+    print(f"  ratio, decoder:                  {pipe / raw:.2f} (goal >= 0.8)")
+    print(f"  ratio, end to end:               {end_to_end / raw:.2f} (conservative)")
     return 0
 
 
