@@ -62,14 +62,6 @@ def video_frames(path: Path, wanted: set[int], fps: float, counter: dict | None 
         errors.append(("video ended early", f"{Path(path).name}: before frame {max(set(wanted) - got)}"))
 
 
-def decode_video(path: Path, wanted: set[int], fps: float,
-                 counter: dict | None = None) -> tuple[dict[int, np.ndarray], tuple[str, str] | None]:
-    """All wanted frames of a video at once: ({index: RGB}, first error or None)."""
-    errors: list = []
-    out = dict(video_frames(path, wanted, fps, counter, errors))
-    return out, (errors[0] if errors else None)
-
-
 def read_image(path: Path) -> np.ndarray:
     """RGB array of an image file (JPEG through simplejpeg, others through OpenCV)."""
     import cv2
@@ -138,14 +130,6 @@ def iter_frames(unit, needed: dict[str, set[int]], metrics: dict | None = None, 
                     metrics["decode_s"] = metrics.get("decode_s", 0.0) + time.perf_counter() - t0
                 metrics["decoded_frames"] = metrics.get("decoded_frames", 0) + 1
                 yield cam, f, img
-
-
-def load_frames(unit, needed: dict[str, set[int]],
-                metrics: dict | None = None) -> tuple[dict[tuple[str, int], np.ndarray], list[tuple[str, str, str]]]:
-    """All of :func:`iter_frames` at once: ({(cam, frame): RGB}, problems)."""
-    problems: list = []
-    frames = {(cam, f): img for cam, f, img in iter_frames(unit, needed, metrics, problems)}
-    return frames, problems
 
 
 def jpeg_size(path: Path) -> tuple[int, int] | None:

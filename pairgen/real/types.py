@@ -127,6 +127,19 @@ class Reader:
         self.root = Path(root) if root else None
         self.options = options or {}
 
+    def number_option(self, key: str, default: float, lo: float = 0.0, hi: float = float("inf")) -> float:
+        """A numeric ``--reader-option KEY=VALUE`` in (lo, hi], or ``default`` when not given."""
+        raw = self.options.get(key)
+        if raw in (None, ""):
+            return float(default)
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not lo < value <= hi:  # NaN fails too
+            raise ValueError(f"{self.name}: --reader-option {key}={raw} must be a number in ({lo:g}, {hi:g}]")
+        return value
+
     def check(self) -> None:
         """Raise ValueError (one line) if the root does not look like this dataset."""
 

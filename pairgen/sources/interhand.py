@@ -231,15 +231,19 @@ class InterHandReader(Reader):
             raise BadUnit(f"{path.name}: capture {capture} malformed ({type(e).__name__}: {str(e)[:100]})") from None
         return out
 
-    def _joints3d(self, split: str, capture: int):
-        path = self._ann(split, "joint_3d")
-        joints = _cached(path, _parse_joints)
-        if joints is None:
-            raise BadUnit(f"{path.name}: missing")
-        entry = joints.get(str(capture))
+    def _capture_entry(self, split: str, kind: str, capture: int, missing: str = "missing") -> dict:
+        """The per-capture dict of an annotation file keyed by capture (joint_3d, MANO_NeuralAnnot)."""
+        path = self._ann(split, kind)
+        table = _cached(path, _parse_joints)
+        if table is None:
+            raise BadUnit(f"{path.name}: {missing}")
+        entry = table.get(str(capture))
         if not isinstance(entry, dict):
             raise BadUnit(f"{path.name}: no capture {capture}")
         return entry
+
+    def _joints3d(self, split: str, capture: int):
+        return self._capture_entry(split, "joint_3d", capture)
 
     def _data(self, split: str, capture: int, seq: str) -> list | None:
         path = self._ann(split, "data")
@@ -388,13 +392,7 @@ class InterHandReader(Reader):
         model = self._opt("mano_model")
         if not model:
             return None
-        path = self._ann(split, "MANO_NeuralAnnot")
-        params = _cached(path, _parse_joints)
-        if params is None:
-            raise BadUnit(f"{path.name}: missing (needed by --mano-model)")
-        entry = params.get(str(capture))
-        if not isinstance(entry, dict):
-            raise BadUnit(f"{path.name}: no capture {capture}")
+        entry = self._capture_entry(split, "MANO_NeuralAnnot", capture, "missing (needed by --mano-model)")
         return functools.partial(_mano_mesh, str(model), entry)
 
 

@@ -221,13 +221,11 @@ class JrdbReader(Reader):
         if unknown:
             raise ValueError(f"jrdb: unknown --reader-option {', '.join(unknown)} "
                              f"(known: {', '.join(sorted(OPTIONS))})")
+        self.fps = self.number_option("fps", FPS)
         try:
-            self.fps = float(o.get("fps", FPS))
             self.pose_offset = int(o.get("pose_frame_offset", 0))
         except ValueError:
-            raise ValueError("jrdb: --reader-option fps takes a number and pose_frame_offset an integer") from None
-        if not self.fps > 0:
-            raise ValueError(f"jrdb: --reader-option fps must be > 0 (got {self.fps})")
+            raise ValueError("jrdb: --reader-option pose_frame_offset takes an integer") from None
         self.views = str(o.get("views", "both"))
         if self.views not in ("both", "individual", "stitched"):
             raise ValueError(f"jrdb: --reader-option views takes both, individual or stitched (got {self.views})")

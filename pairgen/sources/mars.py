@@ -150,25 +150,13 @@ class MarsReader(Reader):
         self._note_unit: dict[str, str | None] = {}
 
     # options ----------------------------------------------------------------------------------
-    def _float_option(self, key: str, default: float, lo: float, hi: float) -> float:
-        raw = self.options.get(key)
-        if raw in (None, ""):
-            return default
-        try:
-            value = float(raw)
-        except (TypeError, ValueError):
-            value = float("nan")
-        if not lo < value <= hi:
-            raise ValueError(f"mars: reader option {key}={raw!r} must be a number in ({lo}, {hi}]")
-        return value
-
     @property
     def fps(self) -> float:
-        return self._float_option("fps", DEFAULT_FPS, 0.0, 1000.0)
+        return self.number_option("fps", DEFAULT_FPS, 0.0, 1000.0)
 
     @property
     def person_width(self) -> float:
-        return self._float_option("person_width", DEFAULT_PERSON_WIDTH, 0.0, 1.0)
+        return self.number_option("person_width", DEFAULT_PERSON_WIDTH, 0.0, 1.0)
 
     # listing ----------------------------------------------------------------------------------
     def _splits(self) -> list[str]:

@@ -185,14 +185,7 @@ class PennActionReader(Reader):
     # options ----------------------------------------------------------------------------------
     @property
     def fps(self) -> float:
-        value = self.options.get("fps", DEFAULT_FPS)
-        try:
-            fps = float(value)
-        except (TypeError, ValueError):
-            fps = float("nan")
-        if not (np.isfinite(fps) and fps > 0):
-            raise ValueError(f"pennaction: --reader-option fps={value}: give a positive frame rate")
-        return fps
+        return self.number_option("fps", DEFAULT_FPS)
 
     @property
     def joint_order(self) -> str:

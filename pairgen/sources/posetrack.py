@@ -154,16 +154,7 @@ class PoseTrackReader(Reader):
     # options and folders ----------------------------------------------------------------------
     @property
     def fps(self) -> float:
-        raw = self.options.get("fps")
-        if raw in (None, ""):
-            return DEFAULT_FPS
-        try:
-            fps = float(raw)
-        except (TypeError, ValueError):
-            fps = float("nan")
-        if not (math.isfinite(fps) and fps > 0):
-            raise ValueError(f"--reader-option fps={raw}: expected a positive number of frames per second")
-        return fps
+        return self.number_option("fps", DEFAULT_FPS)
 
     def annotation_dir(self) -> tuple[Path, str]:
         """(folder holding train/ and val/, format name)."""
