@@ -28,8 +28,9 @@ def _ours(name: str) -> bool:
     if name in (layout.MANIFEST_DIR, layout.STATS_DIR, layout.TMP_DIR):
         return True
     stem = name.rsplit(".", 1)[0]
-    return (name.endswith(".tar") and layout.SHARD_RE.match(stem) is not None) or \
-        name.startswith(("build-", "failures-")) and name.endswith(".json")
+    is_shard = name.endswith(".tar") and layout.SHARD_RE.match(stem) is not None
+    is_record = name.startswith(("build-", "failures-")) and name.endswith(".json")
+    return is_shard or is_record
 
 
 def prepare_output(config: BuildConfig) -> Path:

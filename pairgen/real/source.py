@@ -196,8 +196,11 @@ class RealWorker(SourceWorker):
                 tracks_at[(cam, frame)].add(p.track)
         samples: dict[str, set[int]] = {}
         if method == "bgsub":
+            observed: dict[str, set[int]] = defaultdict(set)
+            for (_, c, f) in unit.observations:
+                observed[c].add(f)
             for cam in list(needed):
-                seen = sorted({f for (t, c, f) in unit.observations if c == cam})
+                seen = sorted(observed[cam])
                 idx = np.linspace(0, len(seen) - 1, min(BACKGROUND_SAMPLES, len(seen))).round().astype(int)
                 samples[cam] = {seen[i] for i in idx}
                 needed[cam].update(samples[cam])
@@ -237,13 +240,17 @@ class RealWorker(SourceWorker):
     def _bgsub(self, unit: Unit, sides: dict, bg_frames: dict) -> None:
         """Background subtraction once every camera's background samples are decoded."""
         S = self.config.image_size
+        people: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)  # everyone in each sampled frame
+        for (_, c, f), o in unit.observations.items():
+            if f in bg_frames.get(c, ()):
+                b = cropping.person_box(o)
+                if b is not None:
+                    people[(c, f)].append(b)
         backgrounds = {}
         for cam, frames in bg_frames.items():
             if len(frames) >= 3:
                 fs = sorted(frames)
-                boxes = [[b for (t, c, ff), o in unit.observations.items() if c == cam and ff == f
-                          for b in [cropping.person_box(o)] if b is not None] for f in fs]
-                backgrounds[cam] = sil.background_model([frames[f] for f in fs], boxes)
+                backgrounds[cam] = sil.background_model([frames[f] for f in fs], [people[(cam, f)] for f in fs])
         for key, side in sides.items():
             if isinstance(side, PairSkip):
                 continue
@@ -281,7 +288,8 @@ class RealWorker(SourceWorker):
         b = cropping.to_crop(np.array([[box[0], box[1]], [box[2], box[3]]]), cbox, S)
         box_mask = np.zeros((S, S), np.uint8)
         box_mask[max(0, int(b[0, 1])):int(b[1, 1]) + 1, max(0, int(b[0, 0])):int(b[1, 0]) + 1] = 255
-        in_frame = cropping.crop_resize(np.ones((h, w), np.uint8), cbox, S, nearest=True) > 0
+        # which crop pixels come from the frame (a broadcast view: no frame-sized array is allocated)
+        in_frame = cropping.crop_resize(np.broadcast_to(np.uint8(1), (h, w)), cbox, S, nearest=True) > 0
         if kps is not None:
             rough = (sil.hand_keypoint_mask(kps, S) if unit.kind == "hand"
                      else sil.body_keypoint_mask(kps, S, head_box=head))
