@@ -271,3 +271,13 @@ def test_every_registered_source_imports_and_describes_itself(capsys):
     assert main(["sources"]) == 0
     out = capsys.readouterr().out
     assert all(f"{name}\n" in out for name in REGISTRY)
+
+
+@pytest.mark.parametrize("source", ["aist", "humbi", "interhand", "3dpw", "posetrack", "jrdb", "mars", "pennaction"])
+def test_real_source_rejects_a_root_that_is_not_its_dataset(source, tmp_path, capsys):
+    from pairgen.cli import main
+
+    assert main(["build", "--source", source, "--root", str(tmp_path), "--out", str(tmp_path / "o"), "--local",
+                 "--quiet"]) != 0
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1  # one line, no traceback
+    assert not (tmp_path / "o").exists()

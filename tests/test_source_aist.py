@@ -203,13 +203,6 @@ def test_reader_known_bad_views(dataset, tmp_path):
         r.load("gJB_sBM_cAll_d07_mJB3_ch05")
 
 
-def test_check_rejects_a_wrong_root(tmp_path):
-    from pairgen.cli import main
-
-    assert main(["build", "--source", "aist", "--root", str(tmp_path), "--out", str(tmp_path / "o"), "--local",
-                 "--quiet"]) != 0
-
-
 # -- builds ----------------------------------------------------------------------------------------
 
 def test_build_bgsub_default(dataset, tmp_path):

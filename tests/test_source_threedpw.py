@@ -186,13 +186,6 @@ def test_reader_gendered_model_folder_and_bad_pickles(dataset, smpl_file, tmp_pa
         r.load("a_c_00")
 
 
-def test_check_rejects_a_wrong_root(tmp_path):
-    from pairgen.cli import main
-
-    assert main(["build", "--source", "3dpw", "--root", str(tmp_path), "--out", str(tmp_path / "o"), "--local",
-                 "--quiet"]) != 0
-
-
 # -- builds ----------------------------------------------------------------------------------------
 
 def test_build_keypoints_default(dataset, tmp_path):
