@@ -454,11 +454,14 @@ def to_model_input(u8: torch.Tensor, jitter: torch.Tensor | None = None) -> torc
     if jitter is not None and not bool((jitter == 1).all()):
         f = jitter.to(x.device, torch.float32)[:, :, None, None, None]  # [B, 3, 1, 1, 1]
         gray_w = torch.tensor([0.299, 0.587, 0.114], device=x.device)[None, :, None, None]
-        x = (x * f[:, 0]).clamp_(0, 1)
-        mean = (x * gray_w).sum(1, keepdim=True).mean(dim=(2, 3), keepdim=True)
-        x = ((x - mean) * f[:, 1] + mean).clamp_(0, 1)
-        gray = (x * gray_w).sum(1, keepdim=True)
-        x = ((x - gray) * f[:, 2] + gray).clamp_(0, 1)
+        y = (x * f[:, 0]).clamp(0, 1)
+        mean = (y * gray_w).sum(1, keepdim=True).mean(dim=(2, 3), keepdim=True)
+        y = ((y - mean) * f[:, 1] + mean).clamp_(0, 1)
+        gray = (y * gray_w).sum(1, keepdim=True)
+        y = ((y - gray) * f[:, 2] + gray).clamp_(0, 1)
+        # images whose factors are all 1 keep their exact pixels ((x - m) * 1 + m is not bitwise x)
+        same = (jitter == 1).all(dim=1).to(x.device)[:, None, None, None]
+        x = torch.where(same, x, y)
     mean = torch.tensor(IMAGENET_MEAN, device=x.device)[None, :, None, None]
     std = torch.tensor(IMAGENET_STD, device=x.device)[None, :, None, None]
     return (x - mean) / std
