@@ -72,16 +72,28 @@ class Sample:
 
 
 def encode_png(array: np.ndarray, level: int = 1) -> bytes:
-    """PNG bytes of a uint8 (HxW or HxWx3 RGB) or uint16 (HxW) array."""
+    """PNG bytes of a uint8 (HxW or HxWx3 RGB) or uint16 (HxW) array.
+
+    No adaptive row filtering (libpng's filter search is most of the encoding time): 8-bit masks
+    are stored unfiltered with plain deflate, which also decodes ~4x faster than RLE-deflated rows
+    (the trainer decodes every target mask); 16-bit depth uses the "up" filter with RLE deflate.
+    """
     import cv2
 
     if array.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"PNG needs uint8 or uint16, got {array.dtype}")
     if array.ndim == 3:
         array = np.ascontiguousarray(array[..., ::-1])  # RGB -> BGR for OpenCV
-    # RLE: masks and depth maps are runs of equal values; smaller and faster than adaptive filters
-    ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, level,
-                                           cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
+    params = [cv2.IMWRITE_PNG_COMPRESSION, level]
+    if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.10
+        if array.dtype == np.uint16:
+            params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
+                       cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+        else:
+            params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+    else:
+        params += [cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    ok, buf = cv2.imencode(".png", array, params)
     if not ok:
         raise ValueError("PNG encoding failed")
     return buf.tobytes()

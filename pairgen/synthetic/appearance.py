@@ -124,10 +124,17 @@ def random_outfit_texture(rng: np.random.Generator, regions: np.ndarray) -> tupl
             distinct.append(layer)
             i = len(distinct) - 1
         layer_of_region[reg] = i
-    stack = np.stack([cv2.resize(np.clip(np.asarray(d), 0, 255).astype(np.uint8), (size, size),
-                                 interpolation=cv2.INTER_LINEAR) for d in distinct])  # [L, H, W, 3]
-    yy, xx = np.indices(regions.shape)
-    tex = stack[layer_of_region[np.clip(regions, 0, None)], yy, xx]
+    # Each distinct layer is upsampled as RGBA (fast 4-channel path), then each texel takes its
+    # layer's pixel as one uint32 gather.
+    n = len(distinct)
+    small = np.zeros((half, half, 4), np.uint8)
+    big = np.empty((n, size, size, 4), np.uint8)
+    for i, d in enumerate(distinct):
+        small[..., :3] = np.clip(np.asarray(d), 0, 255)
+        cv2.resize(small, (size, size), dst=big[i], interpolation=cv2.INTER_LINEAR)
+    layer = layer_of_region[np.clip(regions, 0, None)].reshape(-1)
+    texel = layer * (size * size) + np.arange(size * size, dtype=np.int64)
+    tex = np.take(big.view(np.uint32).reshape(-1), texel).view(np.uint8).reshape(size, size, 4)[..., :3]
     desc = {"skin_rgb": [round(float(c), 1) for c in skin], "long_sleeves": long_sleeves,
             "long_trousers": long_trousers, "bald": bald}
     return tex, desc

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import lru_cache
-
 import numpy as np
 
 from pairgen.synthetic.rig import AnnyRig
@@ -67,26 +65,50 @@ def split_uv_topology(faces: np.ndarray, face_uv: np.ndarray) -> tuple[np.ndarra
     return uniq, inverse.reshape(faces.shape)
 
 
-@lru_cache(maxsize=4)
-def _incidence(faces_bytes: bytes, n_faces: int, n_vertices: int):
-    """Sparse [V, F] vertex-face incidence (each face adds its normal to its 3 vertices)."""
-    from scipy.sparse import csr_matrix
+class _NormalOperator:
+    """Per-topology state of :func:`vertex_normals`: face corner columns and the sparse [V, F]
+    vertex-face incidence (each face adds its normal to its 3 vertices)."""
 
-    faces = np.frombuffer(faces_bytes, np.int64).reshape(n_faces, 3)
-    rows = faces.reshape(-1)
-    cols = np.repeat(np.arange(n_faces), 3)
-    return csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_vertices, n_faces))
+    def __init__(self, faces: np.ndarray, n_vertices: int):
+        from scipy.sparse import csr_matrix
+
+        f = np.ascontiguousarray(faces, np.int64)
+        self.faces = faces  # keeps the keyed array alive, so its address cannot be reused
+        self.corners = [np.ascontiguousarray(f[:, k]) for k in range(3)]
+        rows = f.reshape(-1)
+        cols = np.repeat(np.arange(len(f)), 3)
+        self.incidence = csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_vertices, len(f)))
+
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        i0, i1, i2 = self.corners
+        p0 = v.take(i0, 0)
+        e1 = v.take(i1, 0)
+        e1 -= p0
+        e2 = v.take(i2, 0)
+        e2 -= p0
+        a, b = e1.T, e2.T  # component rows: contiguous arithmetic instead of np.cross
+        fn = np.empty((3, len(i0)), np.float32)  # face normals, length = 2 x area
+        fn[0] = a[1] * b[2] - a[2] * b[1]
+        fn[1] = a[2] * b[0] - a[0] * b[2]
+        fn[2] = a[0] * b[1] - a[1] * b[0]
+        n = self.incidence @ fn.T
+        n /= np.sqrt(np.einsum("ij,ij->i", n, n))[:, None] + 1e-12
+        return n.astype(np.float32, copy=False)
+
+
+_NORMAL_OPS: dict[tuple, _NormalOperator] = {}
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted vertex normals [V, 3] of one mesh (float32)."""
     v = np.asarray(vertices, np.float32)
-    f = np.ascontiguousarray(faces, np.int64)
-    v0, v1, v2 = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
-    fn = np.cross(v1 - v0, v2 - v0)  # [F, 3], length = 2 x area
-    n = _incidence(f.tobytes(), len(f), len(v)) @ fn
-    n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
-    return n.astype(np.float32)
+    key = (faces.__array_interface__["data"][0], faces.shape, faces.dtype.str, len(v))
+    op = _NORMAL_OPS.get(key)
+    if op is None or op.faces is not faces:
+        if len(_NORMAL_OPS) >= 8:
+            _NORMAL_OPS.clear()
+        op = _NORMAL_OPS[key] = _NormalOperator(faces, len(v))
+    return op(v)
 
 
 class AnnyBody:
