@@ -85,14 +85,14 @@ def smooth_noise(rng: np.random.Generator, size: int, octaves: int = 4) -> np.nd
     import cv2
 
     acc = np.zeros((size, size), np.float32)
-    total = 0.0
     for o in range(octaves):
         cells = 2 ** (o + 2)
-        grid = rng.random((cells, cells), dtype=np.float32)
-        acc += cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC) / (2 ** o)
-        total += 1.0 / (2 ** o)
-    acc /= total
-    return np.clip((acc - acc.min()) / (np.ptp(acc) + 1e-6), 0, 1)
+        grid = rng.random((cells, cells), dtype=np.float32) * np.float32(1.0 / 2 ** o)
+        acc += cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
+    lo, hi = cv2.minMaxLoc(acc)[:2]
+    acc -= lo
+    acc *= 1.0 / (hi - lo + 1e-6)
+    return np.clip(acc, 0, 1, out=acc)
 
 
 def random_outfit_texture(rng: np.random.Generator, regions: np.ndarray) -> tuple[np.ndarray, dict]:

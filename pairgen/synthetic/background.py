@@ -21,19 +21,21 @@ def procedural_background(rng: np.random.Generator, size: int) -> np.ndarray:
     import cv2
 
     half = max(16, size // 2)
-    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    ang = rng.uniform(0, 2 * np.pi)
-    yy, xx = (g / half for g in pixel_grid(half))
+    # float32 throughout (numpy scalars are cast to Python floats so they do not promote to float64)
+    c0, c1 = rng.uniform(0, 255, 3).astype(np.float32), rng.uniform(0, 255, 3).astype(np.float32)
+    ang = float(rng.uniform(0, 2 * np.pi))
+    yy, xx = (g * (1.0 / half) for g in pixel_grid(half))
     g = np.clip(0.5 + (xx - 0.5) * np.cos(ang) + (yy - 0.5) * np.sin(ang), 0, 1)[..., None]
-    img = (1 - g) * c0 + g * c1
+    img = c0 + g * (c1 - c0)
     img *= (0.6 + 0.8 * smooth_noise(rng, half, octaves=int(rng.integers(2, 6))))[..., None]
     if rng.random() < 0.5:  # a tiled texture band (floor, wall, fence...)
-        period = rng.uniform(3, 20)
-        t_ang = rng.uniform(0, np.pi)
-        coord = (xx * np.cos(t_ang) + yy * np.sin(t_ang)) * half
+        period = float(rng.uniform(3, 20))
+        t_ang = float(rng.uniform(0, np.pi))
+        coord = (xx * (np.cos(t_ang) * half) + yy * (np.sin(t_ang) * half))
         band = (np.mod(coord, period) < period / 2)[..., None]
-        mix = rng.uniform(0.1, 0.4)
-        img = np.where(band, img * (1 - mix) + mix * rng.uniform(0, 255, 3), img)
+        mix = float(rng.uniform(0.1, 0.4))
+        tint = (mix * rng.uniform(0, 255, 3)).astype(np.float32)
+        img = np.where(band, img * (1 - mix) + tint, img)
     img = cv2.resize(np.clip(img, 0, 255).astype(np.uint8), (size, size), interpolation=cv2.INTER_LINEAR)
     for _ in range(int(rng.integers(0, 8))):
         colour = tuple(float(c) for c in rng.uniform(0, 255, 3))
