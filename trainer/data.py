@@ -16,7 +16,7 @@ replays the exact same batches.
 
 from __future__ import annotations
 
-import json
+import orjson
 import random
 import sys
 from dataclasses import dataclass
@@ -249,19 +249,19 @@ def _keypoints(meta: dict, y0: int, x0: int, scale: float, size: int) -> np.ndar
 
 
 def decode_pair(sample: dict, size: int, patch: int, jitter: float,
-                rng: np.random.Generator | None, reference_mask: bool = False) -> dict:
+                rng: np.random.Generator | None, reference_mask: bool = False, keypoints: bool = True) -> dict:
     """One raw webdataset sample -> cropped arrays; raises ValueError on missing or corrupt members.
 
     Returns target/reference uint8 ``[size, size, 3]``, ``human`` ``[N]`` (person fraction of
     each target patch), ``jitter`` ``[2, 3]`` (brightness, contrast, saturation per image),
-    ``kp`` ``[13, 3]``, and the crops' silhouettes (``target_mask``; ``reference_mask`` only when
+    ``kp`` ``[13, 3]`` (zeros when ``keypoints=False``), and the crops' silhouettes (``target_mask``; ``reference_mask`` only when
     ``reference_mask=True``, else None).
     """
     missing = [m for m in fmt.REQUIRED_SUFFIXES if m not in sample]
     if missing:
         raise ValueError(f"missing members {missing}")
     try:
-        meta = json.loads(sample[fmt.META_JSON])
+        meta = orjson.loads(sample[fmt.META_JSON])
         tgt = simplejpeg.decode_jpeg(sample[fmt.TARGET_JPG], colorspace="RGB")
         ref = simplejpeg.decode_jpeg(sample[fmt.REFERENCE_JPG], colorspace="RGB")
     except (ValueError, RuntimeError, UnicodeDecodeError) as exc:  # simplejpeg: ValueError/RuntimeError
@@ -282,7 +282,8 @@ def decode_pair(sample: dict, size: int, patch: int, jitter: float,
     else:
         factors = rng.uniform(1 - jitter, 1 + jitter, size=(2, 3)).astype(np.float32)
     return {"target": tgt, "reference": ref, "human": human, "jitter": factors,
-            "kp": _keypoints(meta, ry0, rx0, rs, size), "kind": meta.get("kind", ""),
+            "kp": _keypoints(meta, ry0, rx0, rs, size) if keypoints else np.zeros((len(PENN_FROM_COCO), 3), np.float32),
+            "kind": meta.get("kind", ""),
             "source": meta.get("source", ""), "key": sample["__key__"],
             "target_mask": tmask, "reference_mask": rmask if reference_mask else None}
 
@@ -303,6 +304,7 @@ class StreamConfig:
     color_jitter: float = 0.4
     shuffle_buffer: int = 1000
     seed: int = 0
+    keypoints: bool = False  # reference keypoints for the keypoint loss (parsed only when it is on)
     train: bool = True  # False: one pass over the shards, centre crops, no jitter/shuffle, last partial batch kept
 
 
@@ -364,7 +366,7 @@ class PairStream(torch.utils.data.IterableDataset):
 
     def _accepted(self, s: dict, rng: random.Random) -> bool:
         try:
-            meta = json.loads(s[fmt.META_JSON])
+            meta = orjson.loads(s[fmt.META_JSON])
         except (KeyError, ValueError):
             return True  # let decode_pair count it as corrupt
         a = self.mix.accept.get(meta.get("source"), {}).get(meta.get("kind"), 0.0)
@@ -384,28 +386,37 @@ class PairStream(torch.utils.data.IterableDataset):
         if cfg.train and cfg.shuffle_buffer > 1:
             raw = _shuffle(raw, cfg.shuffle_buffer, rng)
         n_raw, n_batches, corrupt, pairs = 0, state["batches"], 0, []
+        images = None  # the batch's image arrays, filled as pairs decode (while each is in cache)
         for s in raw:
             n_raw += 1
             if n_raw <= state["raw"]:
                 continue  # consumed before the resume: skipped without decoding
             sample_rng = np.random.default_rng([cfg.seed, self.rank, worker, n_raw]) if cfg.train else None
             try:
-                pairs.append(decode_pair(s, cfg.img_size, cfg.patch_size, cfg.color_jitter, sample_rng))
+                pair = decode_pair(s, cfg.img_size, cfg.patch_size, cfg.color_jitter, sample_rng,
+                                   keypoints=cfg.keypoints)
             except ValueError as exc:
                 corrupt += 1
                 if self.verbose and corrupt <= 3:
                     print(f"trainer: warning: skipping corrupt sample {s.get('__key__')}: {exc}", file=sys.stderr)
                 continue
+            if images is None:
+                images = {k: np.empty((cfg.batch_size, *pair[k].shape), np.uint8) for k in ("target", "reference")}
+            for k, arr in images.items():
+                arr[len(pairs)] = pair[k]
+            pairs.append(pair)
             if len(pairs) == cfg.batch_size:
-                yield self._collate(pairs, worker, n_raw, n_batches, corrupt)
-                n_batches, corrupt, pairs = n_batches + 1, 0, []
+                yield self._collate(pairs, images, worker, n_raw, n_batches, corrupt)
+                n_batches, corrupt, pairs, images = n_batches + 1, 0, [], None
         if pairs and not cfg.train:
-            yield self._collate(pairs, worker, n_raw, n_batches, corrupt)
+            yield self._collate(pairs, images, worker, n_raw, n_batches, corrupt)
         elif corrupt and not cfg.train:  # nothing left to batch: still report the skipped pairs
             yield {"key": [], "kind": [], "source": [], "corrupt": corrupt}
 
-    def _collate(self, pairs: list[dict], worker: int, n_raw: int, n_batches: int, corrupt: int) -> dict:
+    def _collate(self, pairs: list[dict], images: dict, worker: int, n_raw: int, n_batches: int,
+                 corrupt: int) -> dict:
         cfg = self.cfg
+        n = len(pairs)
         human = np.stack([p["human"] for p in pairs])
         rng = np.random.default_rng([cfg.seed, self.rank, worker, n_batches, 1])
         if cfg.masking == "human":
@@ -413,8 +424,8 @@ class PairStream(torch.utils.data.IterableDataset):
         else:
             visible = uniform_visible(len(pairs), human.shape[1], cfg.mask_ratio, rng)
         return {
-            "target": torch.from_numpy(np.stack([p["target"] for p in pairs])),  # [B, H, W, 3] uint8
-            "reference": torch.from_numpy(np.stack([p["reference"] for p in pairs])),
+            "target": torch.from_numpy(images["target"][:n]),  # [B, H, W, 3] uint8
+            "reference": torch.from_numpy(images["reference"][:n]),
             "jitter": torch.from_numpy(np.stack([p["jitter"] for p in pairs])),  # [B, 2, 3]
             "human": torch.from_numpy(human),  # [B, N]
             "visible": torch.from_numpy(visible),  # [B, L]
@@ -480,5 +491,5 @@ def stream_config(cfg, model_cfg, train: bool = True, batch_size: int | None = N
                         batch_size=batch_size or cfg.batch_size, masking=cfg.masking,
                         mask_ratio=cfg.mask_ratio, human_threshold=cfg.human_threshold,
                         color_jitter=cfg.color_jitter, shuffle_buffer=cfg.shuffle_buffer,
-                        seed=cfg.seed, train=train)
+                        seed=cfg.seed, keypoints=cfg.kp_loss_weight > 0, train=train)
 
