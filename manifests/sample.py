@@ -152,8 +152,12 @@ def encode_sample(
     meta: Mapping[str, Any],
     target_depth: np.ndarray | None = None,
     reference_depth: np.ndarray | None = None,
+    *,
+    target_mask_png: bytes | None = None,
+    reference_mask_png: bytes | None = None,
 ) -> dict[str, bytes]:
-    """Tar members of one sample, as ``{suffix: bytes}`` (already-encoded JPEGs are passed through)."""
+    """Tar members of one sample, as ``{suffix: bytes}`` (already-encoded JPEGs are passed through,
+    and so are the masks' PNGs when given: ``encode_png`` of the masks, e.g. shared by several pairs)."""
     if not KEY_RE.match(key):
         raise ValueError(f"bad sample key {key!r}")
     for name, mask in (("target", target_mask), ("reference", reference_mask)):
@@ -162,8 +166,8 @@ def encode_sample(
     members = {
         TARGET_JPG: target_jpg,
         REFERENCE_JPG: reference_jpg,
-        TARGET_MASK: encode_png(target_mask),
-        REFERENCE_MASK: encode_png(reference_mask),
+        TARGET_MASK: encode_png(target_mask) if target_mask_png is None else target_mask_png,
+        REFERENCE_MASK: encode_png(reference_mask) if reference_mask_png is None else reference_mask_png,
         META_JSON: encode_meta(meta),
     }
     if target_depth is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from manifests import layout
 from manifests.sample import sample_key
 from pairgen.config import BuildConfig
-from pairgen.encode import encode_pair
+from pairgen.encode import PairEncoder
 from pairgen.sources import make_source
 from pairgen.sources.base import ShardTask, SourceWorker
 from pairgen.writer import clean_partials, remove_unfinished, write_shard
@@ -67,9 +67,10 @@ def build_shard(worker: SourceWorker, task: ShardTask, config: BuildConfig) -> d
     result = worker.build(task)
     name = layout.shard_name(task.source, task.index)
     samples, rows = [], []
+    encoder = PairEncoder(config.jpeg_quality)  # a crop shared by several pairs is encoded once
     for i, record in enumerate(result.pairs):
         key = sample_key(task.source, task.index, i)
-        members, row = encode_pair(record, key, name, config.jpeg_quality)
+        members, row = encoder.encode(record, key, name)
         samples.append((key, members))
         rows.append(row)
     kinds = Counter(r["kind"] for r in rows)

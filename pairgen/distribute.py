@@ -22,8 +22,10 @@ class ShardActor:
 
     def __init__(self, config_json: dict):
         from pairgen.synthetic.render import configure_gl
+        from pairgen.writer import warm_up
 
         configure_gl()
+        warm_up()  # one-time imports, not the first shard's
         self.config = BuildConfig.from_json(config_json)
         self.worker = None
 
