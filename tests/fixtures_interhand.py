@@ -109,7 +109,9 @@ def _pose(body, phenotypes: np.ndarray, angles: np.ndarray):
     pose = torch.as_tensor(body.rig.pose_parameters(angles), dtype=torch.float32)
     with torch.no_grad():
         out = body.model(pose_parameters=pose, phenotype_kwargs=pheno)
-    return out["vertices"].numpy().astype(np.float64), out["bone_poses"][:, :, :3, 3].numpy().astype(np.float64)
+    poses = out["bone_poses"].numpy().astype(np.float64)
+    rest = out["rest_bone_poses"].expand(B, -1, -1, -1).numpy().astype(np.float64)
+    return out["vertices"].numpy().astype(np.float64), poses[:, :, :3, 3], poses, rest
 
 
 def _cameras(rng, target: np.ndarray, pts: np.ndarray) -> dict:
@@ -183,8 +185,12 @@ def _skeleton_txt() -> str:
 
 
 def make_interhand_fixture(root, body, frames: int = 8, val_frames: int = 6, faults=(), seed: int = 0,
-                           quality: int = 92) -> dict:
+                           quality: int = 92, mano_dir: Path | None = None) -> dict:
     """Write the fixture under ``root``; return {"units": {name: UnitTruth}, "faults": {...}}.
+
+    mano_dir: also write test MANO model files there (:mod:`mano_fixture`, a shape basis spanning
+    the units' bodies) and the per-split ``InterHand2.6M_<split>_MANO_NeuralAnnot.json`` with each
+    frame's fit of both hands.
 
     faults: "corrupt_jpeg" (garbage bytes in one train image), "missing_camera" (one camera
     folder of train/Capture0 removed), "bad_camera" (Capture1's entry of the train _camera.json
@@ -207,14 +213,16 @@ def make_interhand_fixture(root, body, frames: int = 8, val_frames: int = 6, fau
     data = {s: {"images": [], "annotations": [], "categories": [{"id": 1, "name": "hand"}]} for s in ("train", "val")}
     camera_json: dict[str, dict] = {"train": {}, "val": {}}
     joint_json: dict[str, dict] = {"train": {}, "val": {}}
+    mano_units = []  # (split, capture, frame ids, phenotypes, bone poses, rest bone poses)
     truth: dict[str, UnitTruth] = {}
     idx = body.split_index
     try:
         for split, capture, seq, subject, n, step, start in specs:
             pheno = rng.uniform(0.35, 0.75, 6)
             angles = _motion(n, rng.uniform(0, 2 * np.pi), rng)
-            verts, heads = _pose(body, pheno, angles)
+            verts, heads, poses, rest_poses = _pose(body, pheno, angles)
             fids = [start + step * i for i in range(n)]
+            mano_units.append((split, capture, fids, pheno, poses, rest_poses))
             joints = {fr: {h: _joints21(rig[h], heads[i], verts[i]) for h in ("right", "left")}
                       for i, fr in enumerate(fids)}
             hand_pts = np.concatenate([verts[:, rig[h]["vertices"]].reshape(-1, 3) for h in ("right", "left")])
@@ -238,6 +246,7 @@ def make_interhand_fixture(root, body, frames: int = 8, val_frames: int = 6, fau
                 joint_json[split].setdefault(str(capture), {})[str(fr)] = {
                     "world_coord": X.round(3).tolist(), "joint_valid": [1] * 42,
                     "hand_type": "interacting", "hand_type_valid": 1}
+
                 v = verts[i]
                 nrm = vertex_normals(v, body.mesh_faces)[idx]
                 vs = v[idx]
@@ -281,6 +290,18 @@ def make_interhand_fixture(root, body, frames: int = 8, val_frames: int = 6, fau
         _write_json(ann / split / f"InterHand2.6M_{split}_data.json", data[split])
         _write_json(ann / split / f"InterHand2.6M_{split}_camera.json", camera_json[split])
         _write_json(ann / split / f"InterHand2.6M_{split}_joint_3d.json", joint_json[split])
+    if mano_dir is not None:
+        from mano_fixture import make_mano_files, mano_fit
+
+        models = make_mano_files(Path(mano_dir), body, [u[3] for u in mano_units])
+        mano_json: dict[str, dict] = {"train": {}, "val": {}}
+        for k, (split, capture, fids, _, poses, rest_poses) in enumerate(mano_units):
+            for i, fr in enumerate(fids):
+                mano_json[split].setdefault(str(capture), {})[str(fr)] = {
+                    h: mano_fit(m, k, rest_poses[i, m["wrist_bone"]], poses[i, m["wrist_bone"]])
+                    for h, m in models.items()}
+        for split in ("train", "val"):
+            _write_json(ann / split / f"InterHand2.6M_{split}_MANO_NeuralAnnot.json", mano_json[split])
 
     applied = {}
     if "corrupt_jpeg" in faults:

@@ -25,9 +25,14 @@ VAL = "val/Capture0/ROM01_fixture_interaction"
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory, synthetic_worker):
+def mano_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("mano")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, synthetic_worker, mano_dir):
     root = tmp_path_factory.mktemp("interhand") / "InterHand2.6M"
-    truth = make_interhand_fixture(root, synthetic_worker.generator.body)
+    truth = make_interhand_fixture(root, synthetic_worker.generator.body, mano_dir=mano_dir)
     return root, truth
 
 
@@ -159,6 +164,18 @@ def test_build_bgsub_iou(dataset, tmp_path):
     assert _build(root, out, "--silhouette", "bgsub", "--num-pairs", "30") == 0
     iou, counts = _check_pairs(list(_samples(out)), truth, 0.7)
     print(f"bgsub IoU {iou:.3f} pairs {counts}")
+
+
+def test_build_smpl_with_mano_iou(dataset, mano_dir, tmp_path):
+    """--silhouette smpl renders the dataset's MANO fits (test-made MANO files, fits written by the
+    fixture in InterHand's _MANO_NeuralAnnot.json layout)."""
+    root, truth = dataset
+    out = tmp_path / "shards"
+    assert _build(root, out, "--silhouette", "smpl", "--mano-model", str(mano_dir), "--num-pairs", "30") == 0
+    df = pd.read_parquet(out / "manifest")
+    assert (df["silhouette_method"] == "smpl").all()
+    iou, counts = _check_pairs(list(_samples(out)), truth, 0.9)
+    print(f"smpl (MANO) IoU {iou:.3f} pairs {counts}")
 
 
 def test_split_train_only_and_console_script(dataset, tmp_path):
