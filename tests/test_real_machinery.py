@@ -190,3 +190,60 @@ def test_unknown_split_is_a_one_line_error(toy_registry, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "no unit in split 'nope'" in err[0] and "train" in err[0]
     assert not out.exists()
+
+
+def test_video_regions_are_the_whole_frames_pixels(tmp_path):
+    """A VideoImage converts only the region a crop asks for; its pixels equal the same region of
+    the whole frame's RGB conversion (odd edges, frame borders, tiny and large regions)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fixtures_aist import write_video
+
+    from pairgen.real.frames import video_frames
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:H, 0:W]
+    frames = []
+    for i in range(3):  # smooth colour ramps plus noise: every chroma sample matters
+        base = np.stack([(xx * 0.7 + i * 20) % 256, (yy * 0.9 + xx * 0.2) % 256, (xx + yy + i * 50) % 256], -1)
+        frames.append(np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8))
+    path = tmp_path / "v.mp4"
+    write_video(path, frames, fps=10)
+    metrics: dict = {}
+    got = list(video_frames(path, {0, 1, 2}, 10.0, metrics))
+    assert [i for i, _ in got] == [0, 1, 2] and metrics["decoded_frames"] == 3
+    for _, img in got:
+        assert img.shape == (H, W, 3)
+        regions = [(0, H, 0, W // 8), (1, 2, 1, 2), (0, 1, W - 1, W), (H - 5, H, 0, W // 4), (7, 120, 13, 101)]
+        for _ in range(40):
+            y0, x0 = int(rng.integers(0, H - 1)), int(rng.integers(0, W - 1))
+            regions.append((y0, int(rng.integers(y0 + 1, min(H, y0 + 30) + 1)), x0,
+                            int(rng.integers(x0 + 1, min(W, x0 + 30) + 1))))
+        parts = [img[y0:y1, x0:x1] for y0, y1, x0, x1 in regions]
+        assert img._rgb is None  # each part was converted on its own
+        whole = np.asarray(img)
+        for (y0, y1, x0, x1), part in zip(regions, parts):
+            assert part.shape == (y1 - y0, x1 - x0, 3) and part.dtype == np.uint8
+            assert np.array_equal(part, whole[y0:y1, x0:x1]), (y0, y1, x0, x1)
+        assert np.array_equal(img[5:50, 60:200], whole[5:50, 60:200])  # sliced from the whole frame now
+    assert metrics["decode_s"] > 0
+
+
+def test_in_frame_is_the_nearest_crop_of_the_frame():
+    """cropping.in_frame (two 1-D resizes) equals crop_resize of an all-ones frame, nearest."""
+    rng = np.random.default_rng(5)
+    checked = 0
+    while checked < 500:
+        h, w = int(rng.integers(20, 1200)), int(rng.integers(20, 1200))
+        side = float(rng.uniform(2, 2.5 * max(h, w)))
+        cx, cy = rng.uniform(-0.5 * w, 1.5 * w), rng.uniform(-0.5 * h, 1.5 * h)
+        box = np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+        used = cropping.crop_box_used(box)
+        if not (used[0] < w and used[2] > 0 and used[1] < h and used[3] > 0):
+            continue  # the worker skips people outside the frame before asking
+        size = int(rng.choice([32, 256, int(rng.integers(2, 600)), int(used[2] - used[0])]))
+        expect = cropping.crop_resize(np.broadcast_to(np.uint8(1), (h, w)), box, size, nearest=True) > 0
+        assert np.array_equal(cropping.in_frame(box, size, h, w), expect), (h, w, box, size)
+        checked += 1

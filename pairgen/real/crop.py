@@ -60,6 +60,26 @@ def crop_resize(img: np.ndarray, box: np.ndarray, size: int, nearest: bool = Fal
     return cv2.resize(np.ascontiguousarray(patch), (size, size), interpolation=interp)
 
 
+def in_frame(box: np.ndarray, size: int, h: int, w: int) -> np.ndarray:
+    """Which pixels of ``crop_resize(img, box, size)`` come from the h x w frame, not the padding
+    (bool [size, size]): ``crop_resize`` of an all-ones frame with ``nearest=True``, made as the
+    outer product of the same nearest resize of the in-frame rows and columns (no crop-sized
+    patch is built)."""
+    import cv2
+
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    side = max(x1 - x0, 1)
+    y1 = y0 + side
+    x1 = x0 + side
+    cols = np.zeros((1, side), np.uint8)
+    cols[0, max(0, -x0):side - max(0, x1 - w)] = 1
+    rows = np.zeros((side, 1), np.uint8)
+    rows[max(0, -y0):side - max(0, y1 - h), 0] = 1
+    c = cv2.resize(cols, (size, 1), interpolation=cv2.INTER_NEAREST).reshape(size) > 0
+    r = cv2.resize(rows, (1, size), interpolation=cv2.INTER_NEAREST).reshape(size) > 0
+    return r[:, None] & c[None, :]
+
+
 def to_crop(points: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     """Map [N, >=2] frame pixel coordinates into crop pixels (extra columns kept)."""
     out = np.array(points, np.float64, copy=True)

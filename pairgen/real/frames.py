@@ -2,11 +2,14 @@
 
 The worker first collects every (camera, frame) its pairs and background models need, then
 decodes each video once, sequentially from the start up to the last needed frame (no seeking per
-frame, no frame decoded twice), and reads image files directly.
+frame, no frame decoded twice), and reads image files directly. A decoded video frame is handed on
+as a :class:`VideoImage`: its RGB pixels are converted where a crop needs them, not over the whole
+frame.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +23,81 @@ class FrameError(Exception):
         self.reason, self.detail = reason, detail
 
 
+def _plane(plane) -> np.ndarray:
+    """A video plane as a [height, width] uint8 view (no copy; rows keep their line padding)."""
+    return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[: plane.height, : plane.width]
+
+
+class VideoImage:
+    """A decoded video frame that converts to RGB on demand, for the part that is used.
+
+    ``img[y0:y1, x0:x1]`` (what a crop takes) converts only that region; ``np.asarray(img)`` the
+    whole frame (kept, and sliced by later regions). ``shape`` is (height, width, 3) as for an
+    array. Conversion time is added to ``metrics["decode_s"]`` (decoding to RGB, as before). A yuv420p region is cut at even rows and columns (so it owns its chroma samples) and
+    converted by the same swscale routine as the whole frame: its pixels are exactly the whole
+    frame's (tests/test_real_machinery.py checks this). Other pixel formats convert whole frames.
+    """
+
+    __slots__ = ("_frame", "_reformatter", "_metrics", "_rgb", "_converted", "shape")
+
+    def __init__(self, frame, reformatter=None, metrics: dict | None = None):
+        self._frame = frame
+        self._reformatter = reformatter
+        self._metrics = metrics if metrics is not None else {}
+        self._rgb: np.ndarray | None = None
+        self._converted = 0  # pixels converted region by region so far
+        self.shape = (frame.height, frame.width, 3)
+
+    def rgb(self) -> np.ndarray:
+        """The whole frame as an [H, W, 3] RGB array (converted once)."""
+        if self._rgb is None:
+            t0 = time.perf_counter()
+            self._rgb = self._frame.to_ndarray(format="rgb24")
+            self._metrics["decode_s"] = self._metrics.get("decode_s", 0.0) + time.perf_counter() - t0
+        return self._rgb
+
+    def __array__(self, dtype=None, copy=None):
+        return self.rgb() if dtype is None else self.rgb().astype(dtype)
+
+    def __getitem__(self, key):
+        h, w = self.shape[:2]
+        regional = (self._rgb is None and self._frame.format.name == "yuv420p" and h % 2 == 0 and w % 2 == 0
+                    and isinstance(key, tuple) and len(key) == 2
+                    and all(isinstance(k, slice) and k.step in (None, 1) for k in key))
+        if not regional:
+            return self.rgb()[key]
+        y0, y1, _ = key[0].indices(h)
+        x0, x1, _ = key[1].indices(w)
+        if y1 <= y0 or x1 <= x0:
+            return np.zeros((max(0, y1 - y0), max(0, x1 - x0), 3), np.uint8)
+        area = (y1 - y0) * (x1 - x0)
+        if 2 * (self._converted + area) > h * w:  # most of the frame: convert it all, once
+            return self.rgb()[key]
+        self._converted += area
+        return self._region(y0, y1, x0, x1)
+
+    def _region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        import av
+        from av.video.reformatter import VideoReformatter
+
+        t0 = time.perf_counter()
+        ey0, ex0, ey1, ex1 = y0 & ~1, x0 & ~1, (y1 + 1) & ~1, (x1 + 1) & ~1
+        src = self._frame
+        part = av.VideoFrame(ex1 - ex0, ey1 - ey0, "yuv420p")
+        for i, (a, b) in enumerate(zip(src.planes, part.planes)):
+            d = 1 if i == 0 else 2  # chroma planes are subsampled 2x2
+            _plane(b)[:] = _plane(a)[ey0 // d:ey1 // d, ex0 // d:ex1 // d]
+        part.colorspace, part.color_range = src.colorspace, src.color_range
+        if self._reformatter is None:
+            self._reformatter = VideoReformatter()
+        rgb = self._reformatter.reformat(part, format="rgb24", threads=1).to_ndarray()
+        self._metrics["decode_s"] = self._metrics.get("decode_s", 0.0) + time.perf_counter() - t0
+        return rgb[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0]
+
+
 def video_frames(path: Path, wanted: set[int], fps: float, counter: dict | None = None, errors: list | None = None):
-    """Yield (index, RGB) for the frames ``wanted`` (indices at ``fps``) in one sequential pass.
+    """Yield (index, :class:`VideoImage`) for the frames ``wanted`` (indices at ``fps``) in one
+    sequential pass.
 
     Frame index = floor(timestamp * fps) (AIST's rule: 60 fps, rounded down); without timestamps,
     the decode order. A missing, truncated or damaged file ends the stream early and appends
@@ -39,6 +115,9 @@ def video_frames(path: Path, wanted: set[int], fps: float, counter: dict | None 
         if errors is not None:
             errors.append(("unreadable video", f"{Path(path).name}: {exc}"))
         return
+    from av.video.reformatter import VideoReformatter
+
+    reformatter = VideoReformatter()  # shared by the stream's region conversions
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -49,7 +128,7 @@ def video_frames(path: Path, wanted: set[int], fps: float, counter: dict | None 
             idx = int(np.floor(t * fps + 1e-6)) if t is not None else n
             if idx in wanted and idx not in got:
                 got.add(idx)
-                yield idx, frame.to_ndarray(format="rgb24")
+                yield idx, VideoImage(frame, reformatter, counter)
             if idx >= last:
                 break
     except (av.FFmpegError, OSError, ValueError) as exc:
@@ -84,14 +163,14 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def iter_frames(unit, needed: dict[str, set[int]], metrics: dict | None = None, problems: list | None = None):
-    """Yield (cam, frame, RGB) for what ``needed`` ({camera: frame ids}) asks for, each decoded once.
+    """Yield (cam, frame, image) for what ``needed`` ({camera: frame ids}) asks for, each decoded
+    once. The image is an RGB array (image files) or a :class:`VideoImage` (videos), which slices
+    like one and converts with ``np.asarray``.
 
     The caller consumes each frame as it comes (crops it) instead of holding a sequence's frames in
     memory. What cannot be decoded is appended to ``problems`` as (unit part, reason, detail).
     ``metrics`` accumulates decoded_frames and decode_s (time spent decoding, not consuming).
     """
-    import time
-
     metrics = metrics if metrics is not None else {}
     problems = problems if problems is not None else []
     mode, spec = unit.images

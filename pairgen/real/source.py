@@ -209,7 +209,7 @@ class RealWorker(SourceWorker):
         problems: list = []
         for cam, frame, img in iter_frames(unit, needed, result.metrics, problems):
             if frame in samples.get(cam, ()):
-                bg_frames[cam][frame] = img  # the background samples: a few full frames per camera
+                bg_frames[cam][frame] = np.asarray(img)  # the background samples: a few full frames per camera
             for track in tracks_at.get((cam, frame), ()):
                 try:
                     sides[(track, cam, frame)] = self._side(unit, track, cam, frame, img, method)
@@ -288,8 +288,7 @@ class RealWorker(SourceWorker):
         b = cropping.to_crop(np.array([[box[0], box[1]], [box[2], box[3]]]), cbox, S)
         box_mask = np.zeros((S, S), np.uint8)
         box_mask[max(0, int(b[0, 1])):int(b[1, 1]) + 1, max(0, int(b[0, 0])):int(b[1, 0]) + 1] = 255
-        # which crop pixels come from the frame (a broadcast view: no frame-sized array is allocated)
-        in_frame = cropping.crop_resize(np.broadcast_to(np.uint8(1), (h, w)), cbox, S, nearest=True) > 0
+        in_frame = cropping.in_frame(cbox, S, h, w)  # which crop pixels come from the frame
         if kps is not None:
             rough = (sil.hand_keypoint_mask(kps, S) if unit.kind == "hand"
                      else sil.body_keypoint_mask(kps, S, head_box=head))
