@@ -70,7 +70,9 @@ def _pattern(rng: np.random.Generator, size: int, base: np.ndarray) -> np.ndarra
         period = rng.uniform(3, 14)  # in half-resolution texels
         ang = rng.uniform(0, np.pi)
         coord = xx * np.cos(ang) + yy * np.sin(ang)
-        mask = (np.mod(coord, period) < period * rng.uniform(0.3, 0.6))[..., None]
+        frac = coord * (1.0 / period)
+        frac -= np.floor(frac)  # = mod(coord, period) / period, without np.mod's slow float path
+        mask = (frac < rng.uniform(0.3, 0.6))[..., None]
         return np.where(mask, other, img)
     if kind == "checks":
         period = rng.uniform(4, 16)
@@ -93,6 +95,21 @@ def smooth_noise(rng: np.random.Generator, size: int, octaves: int = 4) -> np.nd
     acc -= lo
     acc *= 1.0 / (hi - lo + 1e-6)
     return np.clip(acc, 0, 1, out=acc)
+
+
+_REGION_INDEX: dict[tuple, tuple] = {}
+
+
+def _region_index(regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(region of each texel, flat, >= 0; texel index) of a region map, cached per map."""
+    key = (regions.__array_interface__["data"][0], regions.shape)
+    hit = _REGION_INDEX.get(key)
+    if hit is None or hit[0] is not regions:
+        if len(_REGION_INDEX) >= 8:
+            _REGION_INDEX.clear()
+        flat = np.clip(regions, 0, None).astype(np.int64).reshape(-1)
+        hit = _REGION_INDEX[key] = (regions, flat, np.arange(flat.size, dtype=np.int64))
+    return hit[1], hit[2]
 
 
 def random_outfit_texture(rng: np.random.Generator, regions: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -124,16 +141,21 @@ def random_outfit_texture(rng: np.random.Generator, regions: np.ndarray) -> tupl
             distinct.append(layer)
             i = len(distinct) - 1
         layer_of_region[reg] = i
-    # Each distinct layer is upsampled as RGBA (fast 4-channel path), then each texel takes its
-    # layer's pixel as one uint32 gather.
+    # Each distinct layer is upsampled as RGBA (fast 4-channel path; a solid colour is filled as one
+    # packed value), then each texel takes its layer's pixel as one uint32 gather.
     n = len(distinct)
-    small = np.zeros((half, half, 4), np.uint8)
     big = np.empty((n, size, size, 4), np.uint8)
     for i, d in enumerate(distinct):
-        small[..., :3] = np.clip(np.asarray(d), 0, 255)
-        cv2.resize(small, (size, size), dst=big[i], interpolation=cv2.INTER_LINEAR)
-    layer = layer_of_region[np.clip(regions, 0, None)].reshape(-1)
-    texel = layer * (size * size) + np.arange(size * size, dtype=np.int64)
+        d = np.asarray(d)
+        if d.strides[:2] == (0, 0):  # a broadcast colour
+            rgba = np.append(np.clip(d[0, 0], 0, 255).astype(np.uint8), np.uint8(255))
+            big[i].view(np.uint32)[...] = rgba.view(np.uint32)[0]
+        else:  # layers are >= 0: convertScaleAbs is a saturating cast to uint8
+            small = cv2.cvtColor(cv2.convertScaleAbs(d), cv2.COLOR_RGB2RGBA)
+            cv2.resize(small, (size, size), dst=big[i], interpolation=cv2.INTER_LINEAR)
+    region_flat, texel_base = _region_index(regions)
+    texel = np.take(layer_of_region * (size * size), region_flat)
+    texel += texel_base
     tex = np.take(big.view(np.uint32).reshape(-1), texel).view(np.uint8).reshape(size, size, 4)[..., :3]
     desc = {"skin_rgb": [round(float(c), 1) for c in skin], "long_sleeves": long_sleeves,
             "long_trousers": long_trousers, "bald": bald}

@@ -21,22 +21,25 @@ def procedural_background(rng: np.random.Generator, size: int) -> np.ndarray:
     import cv2
 
     half = max(16, size // 2)
-    # float32 throughout (numpy scalars are cast to Python floats so they do not promote to float64)
-    c0, c1 = rng.uniform(0, 255, 3).astype(np.float32), rng.uniform(0, 255, 3).astype(np.float32)
+    # Per-channel 2-D float32 planes (numpy is slow on [H, W, 3] broadcasts; numpy scalars are cast
+    # to Python floats so they do not promote to float64), merged once into 8-bit RGB.
+    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     ang = float(rng.uniform(0, 2 * np.pi))
     yy, xx = (g * (1.0 / half) for g in pixel_grid(half))
-    g = np.clip(0.5 + (xx - 0.5) * np.cos(ang) + (yy - 0.5) * np.sin(ang), 0, 1)[..., None]
-    img = c0 + g * (c1 - c0)
-    img *= (0.6 + 0.8 * smooth_noise(rng, half, octaves=int(rng.integers(2, 6))))[..., None]
+    g = np.clip(0.5 + (xx - 0.5) * np.cos(ang) + (yy - 0.5) * np.sin(ang), 0, 1)
+    noise = 0.6 + 0.8 * smooth_noise(rng, half, octaves=int(rng.integers(2, 6)))
+    gn, n = g * noise, noise  # colour = (c0 + g (c1 - c0)) * noise = c0 * n + (c1 - c0) * g n
+    planes = [float(c0[c]) * n + float(c1[c] - c0[c]) * gn for c in range(3)]
     if rng.random() < 0.5:  # a tiled texture band (floor, wall, fence...)
         period = float(rng.uniform(3, 20))
         t_ang = float(rng.uniform(0, np.pi))
         coord = (xx * (np.cos(t_ang) * half) + yy * (np.sin(t_ang) * half))
-        band = (np.mod(coord, period) < period / 2)[..., None]
+        band = (np.floor(coord * (2.0 / period)).astype(np.int32) & 1) == 0  # mod(coord, period) < period / 2
         mix = float(rng.uniform(0.1, 0.4))
-        tint = (mix * rng.uniform(0, 255, 3)).astype(np.float32)
-        img = np.where(band, img * (1 - mix) + tint, img)
-    img = cv2.resize(np.clip(img, 0, 255).astype(np.uint8), (size, size), interpolation=cv2.INTER_LINEAR)
+        tint = mix * rng.uniform(0, 255, 3)
+        planes = [np.where(band, p * (1 - mix) + float(tint[c]), p) for c, p in enumerate(planes)]
+    img = cv2.convertScaleAbs(cv2.merge(planes))  # values >= 0: a saturating cast to uint8
+    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
     for _ in range(int(rng.integers(0, 8))):
         colour = tuple(float(c) for c in rng.uniform(0, 255, 3))
         x, y = (int(v) for v in rng.integers(0, size, 2))
