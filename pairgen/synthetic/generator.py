@@ -140,7 +140,8 @@ class SyntheticGenerator:
         texture, outfit = appearance.random_outfit_texture(rng, self.regions)
         ambient, lights = appearance.random_lighting(rng)
         all_pts = verts.reshape(-1, 3)
-        centre = (all_pts.min(0) + all_pts.max(0)) / 2
+        cols = np.ascontiguousarray(all_pts.T)  # per-axis rows: numpy's axis-0 min/max of [N, 3] is ~25x slower
+        centre = (cols.min(1) + cols.max(1)) / 2
 
         def draw_camera(azimuth: float, pts: np.ndarray) -> Camera:
             el = np.radians(rng.uniform(*s.elevation_deg))
