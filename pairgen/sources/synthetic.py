@@ -42,6 +42,9 @@ class SyntheticWorker(SourceWorker):
             min_azimuth_deg=config.min_azimuth_deg, max_azimuth_deg=config.max_azimuth_deg,
         )
         self.generator = SyntheticGenerator(body, settings, files, bank)
+        # Warm-up (part of building the worker, like the model): the first pair pays one-time costs
+        # (the GL driver compiles its shaders at the first draw, first-call kernel loads).
+        self.generator.make_pairs(config.seed, [0, 1])
 
     def build(self, task: ShardTask) -> ShardResult:
         from pairgen.synthetic.generator import RetryPair
