@@ -9,6 +9,8 @@ frame.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from pathlib import Path
 
@@ -95,14 +97,60 @@ class VideoImage:
         return rgb[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0]
 
 
+_END = object()
+
+
+def _decode_ahead(container, stream, fps: float, last: int, depth: int = 8):
+    """Yield (index, frame) of ``stream`` up to the first frame at index >= ``last``, decoded by a
+    background thread up to ``depth`` frames ahead (PyAV releases the GIL while it demuxes and
+    decodes), so decoding goes on while the consumer crops. Errors are raised in the consumer."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce() -> None:
+        try:
+            for n, frame in enumerate(container.decode(stream)):
+                t = frame.time
+                idx = int(np.floor(t * fps + 1e-6)) if t is not None else n
+                if not put((idx, frame)) or idx >= last:
+                    break
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which decides
+            put(exc)
+            return
+        put(_END)
+
+    worker = threading.Thread(target=produce, name="decode-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _END:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
 def video_frames(path: Path, wanted: set[int], fps: float, counter: dict | None = None, errors: list | None = None):
     """Yield (index, :class:`VideoImage`) for the frames ``wanted`` (indices at ``fps``) in one
-    sequential pass.
+    sequential pass, decoded a few frames ahead by a background thread.
 
     Frame index = floor(timestamp * fps) (AIST's rule: 60 fps, rounded down); without timestamps,
     the decode order. A missing, truncated or damaged file ends the stream early and appends
     (reason, detail) to ``errors`` (the caller counts the frames it did not get). ``counter``
-    accumulates ``decoded_frames``.
+    accumulates ``decoded_frames`` (and the images' conversion time, ``decode_s``).
     """
     import av
 
@@ -121,16 +169,12 @@ def video_frames(path: Path, wanted: set[int], fps: float, counter: dict | None 
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        for n, frame in enumerate(container.decode(stream)):
+        for idx, frame in _decode_ahead(container, stream, fps, last):
             if counter is not None:
                 counter["decoded_frames"] = counter.get("decoded_frames", 0) + 1
-            t = frame.time
-            idx = int(np.floor(t * fps + 1e-6)) if t is not None else n
             if idx in wanted and idx not in got:
                 got.add(idx)
                 yield idx, VideoImage(frame, reformatter, counter)
-            if idx >= last:
-                break
     except (av.FFmpegError, OSError, ValueError) as exc:
         if errors is not None:
             errors.append(("damaged video", f"{Path(path).name}: after {len(got)} wanted frames: {exc}"))
