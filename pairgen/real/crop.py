@@ -56,8 +56,10 @@ def crop_resize(img: np.ndarray, box: np.ndarray, size: int, nearest: bool = Fal
     if any(p for pair in pad for p in pair):
         pad = pad + ((0, 0),) * (img.ndim - 2)
         patch = np.pad(patch, pad)
+    elif patch.strides[1:] != np.empty((1,) + patch.shape[1:], patch.dtype).strides[1:]:
+        patch = np.ascontiguousarray(patch)  # OpenCV takes rows with a stride, but not strided pixels
     interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if side > size else cv2.INTER_LINEAR)
-    return cv2.resize(np.ascontiguousarray(patch), (size, size), interpolation=interp)
+    return cv2.resize(patch, (size, size), interpolation=interp)
 
 
 def in_frame(box: np.ndarray, size: int, h: int, w: int) -> np.ndarray:

@@ -100,10 +100,25 @@ class VideoImage:
 _END = object()
 
 
-def _decode_ahead(container, stream, fps: float, last: int, depth: int = 8):
-    """Yield (index, frame) of ``stream`` up to the first frame at index >= ``last``, decoded by a
-    background thread up to ``depth`` frames ahead (PyAV releases the GIL while it demuxes and
-    decodes), so decoding goes on while the consumer crops. Errors are raised in the consumer."""
+def decode_videos(videos: list[tuple[Path | None, set[int]]], fps: float, counter: dict | None = None,
+                  errors: list | None = None, depth: int = 8):
+    """Yield (j, index, :class:`VideoImage`) for the frames wanted of each video j, video after video,
+    each in one sequential pass.
+
+    ``videos`` is [(path or None, wanted frame indices at ``fps``)]. A background thread opens and
+    decodes the videos in turn up to ``depth`` frames ahead of the consumer (PyAV releases the GIL
+    while it demuxes and decodes), so decoding, and opening the next video, go on while the
+    consumer crops. Frame index = floor(timestamp * fps) (AIST's rule: 60 fps, rounded down);
+    without timestamps, the decode order. A missing, unreadable, truncated or damaged file ends its
+    video early and appends (j, reason, detail) to ``errors`` in video order (the caller counts the
+    frames it did not get). ``counter`` accumulates ``decoded_frames`` (and the images' conversion
+    time, ``decode_s``).
+    """
+    import av
+    from av.video.reformatter import VideoReformatter
+
+    counter = counter if counter is not None else {}
+    errors = errors if errors is not None else []
     items: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -117,17 +132,42 @@ def _decode_ahead(container, stream, fps: float, last: int, depth: int = 8):
         return False
 
     def produce() -> None:
-        try:
-            for n, frame in enumerate(container.decode(stream)):
-                t = frame.time
-                idx = int(np.floor(t * fps + 1e-6)) if t is not None else n
-                if not put((idx, frame)) or idx >= last:
-                    break
-        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which decides
-            put(exc)
-            return
+        for j, (path, wanted) in enumerate(videos):
+            if path is None or not Path(path).exists():
+                if not put(("missing", j, None)):
+                    return
+                continue
+            if not wanted:
+                continue
+            last = max(wanted)
+            try:
+                container = av.open(str(path))
+            except Exception as exc:  # noqa: BLE001 - the consumer decides (unreadable video or a crash)
+                if not put(("unreadable", j, exc)):
+                    return
+                continue
+            try:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                for n, frame in enumerate(container.decode(stream)):
+                    t = frame.time
+                    idx = int(np.floor(t * fps + 1e-6)) if t is not None else n
+                    if not put(("frame", j, (idx, frame))):
+                        return
+                    if idx >= last:
+                        break
+            except Exception as exc:  # noqa: BLE001 - as above (damaged video or a crash)
+                if not put(("damaged", j, exc)):
+                    return
+                continue
+            finally:
+                container.close()  # decoded frames are reference-counted: they outlive it
+            if not put(("end", j, None)):
+                return
         put(_END)
 
+    reformatter = VideoReformatter()  # shared by the region conversions
+    got: list[set[int]] = [set() for _ in videos]
     worker = threading.Thread(target=produce, name="decode-ahead", daemon=True)
     worker.start()
     try:
@@ -135,54 +175,41 @@ def _decode_ahead(container, stream, fps: float, last: int, depth: int = 8):
             item = items.get()
             if item is _END:
                 return
-            if isinstance(item, Exception):
-                raise item
-            yield item
+            kind, j, value = item
+            path, wanted = videos[j]
+            if kind == "frame":
+                counter["decoded_frames"] = counter.get("decoded_frames", 0) + 1
+                idx, frame = value
+                if idx in wanted and idx not in got[j]:
+                    got[j].add(idx)
+                    yield j, idx, VideoImage(frame, reformatter, counter)
+            elif kind == "missing":
+                errors.append((j, "missing video", str(path)))
+            elif kind == "unreadable":
+                if not isinstance(value, (av.FFmpegError, OSError)):
+                    raise value
+                errors.append((j, "unreadable video", f"{Path(path).name}: {value}"))
+            elif kind == "damaged":
+                if not isinstance(value, (av.FFmpegError, OSError, ValueError)):
+                    raise value
+                errors.append((j, "damaged video", f"{Path(path).name}: after {len(got[j])} wanted frames: {value}"))
+            elif len(got[j]) < len(wanted):  # end of a video that did not hold every wanted frame
+                errors.append((j, "video ended early", f"{Path(path).name}: before frame {max(set(wanted) - got[j])}"))
     finally:
         stop.set()
         worker.join()
 
 
 def video_frames(path: Path, wanted: set[int], fps: float, counter: dict | None = None, errors: list | None = None):
-    """Yield (index, :class:`VideoImage`) for the frames ``wanted`` (indices at ``fps``) in one
-    sequential pass, decoded a few frames ahead by a background thread.
-
-    Frame index = floor(timestamp * fps) (AIST's rule: 60 fps, rounded down); without timestamps,
-    the decode order. A missing, truncated or damaged file ends the stream early and appends
-    (reason, detail) to ``errors`` (the caller counts the frames it did not get). ``counter``
-    accumulates ``decoded_frames`` (and the images' conversion time, ``decode_s``).
-    """
-    import av
-
-    if not wanted:
-        return
-    last, got = max(wanted), set()
+    """Yield (index, :class:`VideoImage`) for the frames ``wanted`` of one video (see
+    :func:`decode_videos`); problems are appended to ``errors`` as (reason, detail)."""
+    found: list = []
     try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError) as exc:
-        if errors is not None:
-            errors.append(("unreadable video", f"{Path(path).name}: {exc}"))
-        return
-    from av.video.reformatter import VideoReformatter
-
-    reformatter = VideoReformatter()  # shared by the stream's region conversions
-    try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for idx, frame in _decode_ahead(container, stream, fps, last):
-            if counter is not None:
-                counter["decoded_frames"] = counter.get("decoded_frames", 0) + 1
-            if idx in wanted and idx not in got:
-                got.add(idx)
-                yield idx, VideoImage(frame, reformatter, counter)
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        if errors is not None:
-            errors.append(("damaged video", f"{Path(path).name}: after {len(got)} wanted frames: {exc}"))
-        return
+        for _, idx, img in decode_videos([(path, wanted)], fps, counter, found):
+            yield idx, img
     finally:
-        container.close()
-    if len(got) < len(wanted) and errors is not None:
-        errors.append(("video ended early", f"{Path(path).name}: before frame {max(set(wanted) - got)}"))
+        if errors is not None:
+            errors.extend((reason, detail) for _, reason, detail in found)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -230,29 +257,26 @@ def iter_frames(unit, needed: dict[str, set[int]], metrics: dict | None = None, 
             metrics["decode_s"] = metrics.get("decode_s", 0.0) + time.perf_counter() - t0
             yield item
 
+    if mode == "video":  # one decoding thread runs through the cameras' videos in turn
+        cams = sorted(needed)
+        errors: list = []
+        for j, f, img in timed(decode_videos([(spec.get(c), needed[c]) for c in cams], unit.fps, metrics, errors)):
+            yield cams[j], f, img
+        problems.extend((f"{unit.name}/{cams[j]}", reason, detail) for j, reason, detail in errors)
+        return
     for cam in sorted(needed):
         wanted = needed[cam]
-        if mode == "video":
-            path = spec.get(cam)
-            if path is None or not Path(path).exists():
-                problems.append((f"{unit.name}/{cam}", "missing video", str(path)))
+        for f in sorted(wanted):
+            t0 = time.perf_counter()
+            try:
+                img = read_image(unit.image_path(cam, f))
+            except FrameError as exc:
+                problems.append((f"{unit.name}/{cam}/{f}", exc.reason, exc.detail))
                 continue
-            errors: list = []
-            for f, img in timed(video_frames(Path(path), wanted, unit.fps, metrics, errors)):
-                yield cam, f, img
-            problems.extend((f"{unit.name}/{cam}", reason, detail) for reason, detail in errors)
-        else:
-            for f in sorted(wanted):
-                t0 = time.perf_counter()
-                try:
-                    img = read_image(unit.image_path(cam, f))
-                except FrameError as exc:
-                    problems.append((f"{unit.name}/{cam}/{f}", exc.reason, exc.detail))
-                    continue
-                finally:
-                    metrics["decode_s"] = metrics.get("decode_s", 0.0) + time.perf_counter() - t0
-                metrics["decoded_frames"] = metrics.get("decoded_frames", 0) + 1
-                yield cam, f, img
+            finally:
+                metrics["decode_s"] = metrics.get("decode_s", 0.0) + time.perf_counter() - t0
+            metrics["decoded_frames"] = metrics.get("decoded_frames", 0) + 1
+            yield cam, f, img
 
 
 def jpeg_size(path: Path) -> tuple[int, int] | None:

@@ -28,8 +28,10 @@ def _usable(kps: np.ndarray, min_conf: float) -> tuple[dict[int, np.ndarray], di
     rounded to integer pixels (what OpenCV's drawing calls take)."""
     k = np.asarray(kps, np.float64)
     ok = np.isfinite(k).all(1) & (k[:, 2] > min_conf)
-    pts = {int(i): k[i, :2] for i in np.nonzero(ok)[0]}
-    return pts, {i: (int(round(p[0])), int(round(p[1]))) for i, p in pts.items()}
+    idx = np.flatnonzero(ok).tolist()
+    pts = {i: k[i, :2] for i in idx}
+    # np.rint rounds half to even, as round() does
+    return pts, {i: (x, y) for i, (x, y) in zip(idx, np.rint(k[idx, :2]).astype(np.int64).tolist())}
 
 
 def body_keypoint_mask(kps: np.ndarray, size: int, min_conf: float = 0.05,
@@ -51,7 +53,7 @@ def body_keypoint_mask(kps: np.ndarray, size: int, min_conf: float = 0.05,
     for a, b in ((5, 11), (6, 12)):
         if a in pts and b in pts:
             cands.append(np.linalg.norm(pts[a] - pts[b]))
-    scale = max(cands) if cands else 0.25 * max(np.ptp(arr[:, 0]), np.ptp(arr[:, 1]), 1.0)
+    scale = float(max(cands) if cands else 0.25 * max(np.ptp(arr[:, 0]), np.ptp(arr[:, 1]), 1.0))
     torso = [i for i in (5, 6, 12, 11) if i in pts]
     if len(torso) >= 3:
         cv2.fillConvexPoly(mask, np.round(np.array([pts[i] for i in torso]) * 4).astype(np.int32), 255,
@@ -94,7 +96,7 @@ def hand_keypoint_mask(kps: np.ndarray, size: int, min_conf: float = 0.05) -> np
     arr = np.array(list(pts.values()))
     bases = [f[-1] for f in _FINGERS if f[-1] in pts]
     ref = [np.linalg.norm(pts[_WRIST] - pts[b]) for b in bases] if _WRIST in pts else []
-    scale = float(np.median(ref)) if ref else 0.4 * max(np.ptp(arr[:, 0]), np.ptp(arr[:, 1]), 1.0)
+    scale = float(np.median(ref) if ref else 0.4 * max(np.ptp(arr[:, 0]), np.ptp(arr[:, 1]), 1.0))
     palm = [pts[i] for i in ([_WRIST] if _WRIST in pts else []) + bases]
     if len(palm) >= 3:
         hull = cv2.convexHull(np.round(np.array(palm) * 4).astype(np.int32))

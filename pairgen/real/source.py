@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +50,17 @@ class Side:
     used: str
     rough: np.ndarray
     in_frame: np.ndarray
+    lists: dict = field(default_factory=dict, repr=False)  # keypoints as JSON lists, made once per side
 
     def with_mask(self, mask: np.ndarray, used: str) -> "Side":
         self.mask, self.used = mask, used
         return self
+
+    def kp_list(self, name: str | None = None) -> list[list[float]]:
+        """The keypoints (``name`` None) or an extra set as JSON lists; every pair of the side shares them."""
+        if name not in self.lists:
+            self.lists[name] = _kp_list(self.kps if name is None else self.extra[name])
+        return self.lists[name]
 
 
 class RealSource(Source):
@@ -160,6 +167,9 @@ class RealWorker(SourceWorker):
         self.config = source.config
         self.source_name = source.name
         self.reader = source.make_reader()
+        import av  # noqa: F401  the decoders and encoders, loaded with the worker, not in its first shard
+        import cv2  # noqa: F401
+        import simplejpeg  # noqa: F401
 
     def build(self, task: ShardTask) -> ShardResult:
         result = ShardResult(pairs=[])
@@ -339,16 +349,16 @@ class RealWorker(SourceWorker):
         }
         if unit.kind == "body":
             if t_kps is not None and r_kps is not None and len(t_kps) == 17:
-                meta["keypoints_target"] = _kp_list(t_kps)
-                meta["keypoints_reference"] = _kp_list(r_kps)
+                meta["keypoints_target"] = t.kp_list()
+                meta["keypoints_reference"] = r.kp_list()
                 meta["keypoint_format"] = "coco17"
         elif t_kps is not None and r_kps is not None:
-            meta["hand_keypoints_target"] = _kp_list(t_kps)
-            meta["hand_keypoints_reference"] = _kp_list(r_kps)
+            meta["hand_keypoints_target"] = t.kp_list()
+            meta["hand_keypoints_reference"] = r.kp_list()
             meta["keypoint_format"] = "interhand21"
         for name in sorted(set(t_extra) & set(r_extra)):
-            meta[f"{name}_target"] = _kp_list(t_extra[name])
-            meta[f"{name}_reference"] = _kp_list(r_extra[name])
+            meta[f"{name}_target"] = t.kp_list(name)
+            meta[f"{name}_reference"] = r.kp_list(name)
         return PairRecord(t.crop, r.crop, t.mask, r.mask, meta)
 
     def _split(self, unit: Unit) -> str:
