@@ -2,9 +2,10 @@
 
 The worker first collects every (camera, frame) its pairs and background models need, then
 decodes each video once, sequentially from the start up to the last needed frame (no seeking per
-frame, no frame decoded twice), and reads image files directly. A decoded video frame is handed on
-as a :class:`VideoImage`: its RGB pixels are converted where a crop needs them, not over the whole
-frame.
+frame, no frame decoded twice), and reads image files directly. Decoding runs in a background
+thread a few frames ahead of the worker (PyAV and simplejpeg release the GIL), so it overlaps the
+worker's cropping. A decoded video frame is handed on as a :class:`VideoImage`: its RGB pixels are
+converted where a crop needs them, not over the whole frame.
 """
 
 from __future__ import annotations
@@ -15,6 +16,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+_METRICS_LOCK = threading.Lock()
+
+
+def add_metric(metrics: dict, key: str, value) -> None:
+    """``metrics[key] += value`` from any thread."""
+    with _METRICS_LOCK:
+        metrics[key] = metrics.get(key, 0) + value
 
 
 class FrameError(Exception):
@@ -35,35 +44,38 @@ class VideoImage:
 
     ``img[y0:y1, x0:x1]`` (what a crop takes) converts only that region; ``np.asarray(img)`` the
     whole frame (kept, and sliced by later regions). ``shape`` is (height, width, 3) as for an
-    array. Conversion time is added to ``metrics["decode_s"]`` (decoding to RGB, as before). A yuv420p region is cut at even rows and columns (so it owns its chroma samples) and
+    array. A yuv420p region is cut at even rows and columns (so it owns its chroma samples) and
     converted by the same swscale routine as the whole frame: its pixels are exactly the whole
     frame's (tests/test_real_machinery.py checks this). Other pixel formats convert whole frames.
+    Conversion time is added to ``metrics["decode_s"]`` (decoding to RGB). Safe to use from
+    several threads.
     """
 
-    __slots__ = ("_frame", "_reformatter", "_metrics", "_rgb", "_converted", "shape")
+    __slots__ = ("_frame", "_metrics", "_rgb", "_converted", "_lock", "shape")
 
-    def __init__(self, frame, reformatter=None, metrics: dict | None = None):
+    def __init__(self, frame, metrics: dict | None = None):
         self._frame = frame
-        self._reformatter = reformatter
         self._metrics = metrics if metrics is not None else {}
         self._rgb: np.ndarray | None = None
         self._converted = 0  # pixels converted region by region so far
+        self._lock = threading.Lock()
         self.shape = (frame.height, frame.width, 3)
 
     def rgb(self) -> np.ndarray:
         """The whole frame as an [H, W, 3] RGB array (converted once)."""
-        if self._rgb is None:
-            t0 = time.perf_counter()
-            self._rgb = self._frame.to_ndarray(format="rgb24")
-            self._metrics["decode_s"] = self._metrics.get("decode_s", 0.0) + time.perf_counter() - t0
-        return self._rgb
+        with self._lock:
+            if self._rgb is None:
+                t0 = time.perf_counter()
+                self._rgb = self._frame.to_ndarray(format="rgb24")
+                add_metric(self._metrics, "decode_s", time.perf_counter() - t0)
+            return self._rgb
 
     def __array__(self, dtype=None, copy=None):
         return self.rgb() if dtype is None else self.rgb().astype(dtype)
 
     def __getitem__(self, key):
         h, w = self.shape[:2]
-        regional = (self._rgb is None and self._frame.format.name == "yuv420p" and h % 2 == 0 and w % 2 == 0
+        regional = (self._frame.format.name == "yuv420p" and h % 2 == 0 and w % 2 == 0
                     and isinstance(key, tuple) and len(key) == 2
                     and all(isinstance(k, slice) and k.step in (None, 1) for k in key))
         if not regional:
@@ -72,10 +84,12 @@ class VideoImage:
         x0, x1, _ = key[1].indices(w)
         if y1 <= y0 or x1 <= x0:
             return np.zeros((max(0, y1 - y0), max(0, x1 - x0), 3), np.uint8)
-        area = (y1 - y0) * (x1 - x0)
-        if 2 * (self._converted + area) > h * w:  # most of the frame: convert it all, once
+        with self._lock:
+            whole = self._rgb is not None or 2 * (self._converted + (y1 - y0) * (x1 - x0)) > h * w
+            if not whole:
+                self._converted += (y1 - y0) * (x1 - x0)
+        if whole:  # converted already, or most of the frame is asked for: convert it all, once
             return self.rgb()[key]
-        self._converted += area
         return self._region(y0, y1, x0, x1)
 
     def _region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -90,14 +104,92 @@ class VideoImage:
             d = 1 if i == 0 else 2  # chroma planes are subsampled 2x2
             _plane(b)[:] = _plane(a)[ey0 // d:ey1 // d, ex0 // d:ex1 // d]
         part.colorspace, part.color_range = src.colorspace, src.color_range
-        if self._reformatter is None:
-            self._reformatter = VideoReformatter()
-        rgb = self._reformatter.reformat(part, format="rgb24", threads=1).to_ndarray()
-        self._metrics["decode_s"] = self._metrics.get("decode_s", 0.0) + time.perf_counter() - t0
+        rgb = VideoReformatter().reformat(part, format="rgb24", threads=1).to_ndarray()
+        add_metric(self._metrics, "decode_s", time.perf_counter() - t0)
         return rgb[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0]
 
 
 _END = object()
+
+
+def read_ahead(items, depth: int = 8):
+    """Yield what the iterator ``items`` yields, produced by a background thread up to ``depth``
+    items ahead of the consumer (worth it when producing releases the GIL: decoding). An exception
+    in the producer is raised in the consumer; closing the consumer stops the producer."""
+    out: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce() -> None:
+        try:
+            for x in items:
+                if not put((True, x)):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            put((False, exc))
+            return
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+        put(_END)
+
+    worker = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = out.get()
+            if item is _END:
+                return
+            ok, x = item
+            if not ok:
+                raise x
+            yield x
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _video_events(videos: list[tuple[Path | None, set[int]]], fps: float):
+    """What decoding the videos in turn meets, in order: (kind, j, value) with kind "frame"
+    (value (index, frame)), "missing", "unreadable" / "damaged" (value the exception), "end"."""
+    import av
+
+    for j, (path, wanted) in enumerate(videos):
+        if path is None or not Path(path).exists():
+            yield "missing", j, None
+            continue
+        if not wanted:
+            continue
+        last = max(wanted)
+        try:
+            container = av.open(str(path))
+        except Exception as exc:  # noqa: BLE001 - the consumer decides (unreadable video or a crash)
+            yield "unreadable", j, exc
+            continue
+        try:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for n, frame in enumerate(container.decode(stream)):
+                t = frame.time
+                idx = int(np.floor(t * fps + 1e-6)) if t is not None else n
+                yield "frame", j, (idx, frame)
+                if idx >= last:
+                    break
+        except Exception as exc:  # noqa: BLE001 - as above (damaged video or a crash)
+            yield "damaged", j, exc
+            continue
+        finally:
+            container.close()  # decoded frames are reference-counted: they outlive it
+        yield "end", j, None
 
 
 def decode_videos(videos: list[tuple[Path | None, set[int]]], fps: float, counter: dict | None = None,
@@ -106,98 +198,38 @@ def decode_videos(videos: list[tuple[Path | None, set[int]]], fps: float, counte
     each in one sequential pass.
 
     ``videos`` is [(path or None, wanted frame indices at ``fps``)]. A background thread opens and
-    decodes the videos in turn up to ``depth`` frames ahead of the consumer (PyAV releases the GIL
-    while it demuxes and decodes), so decoding, and opening the next video, go on while the
-    consumer crops. Frame index = floor(timestamp * fps) (AIST's rule: 60 fps, rounded down);
-    without timestamps, the decode order. A missing, unreadable, truncated or damaged file ends its
-    video early and appends (j, reason, detail) to ``errors`` in video order (the caller counts the
-    frames it did not get). ``counter`` accumulates ``decoded_frames`` (and the images' conversion
-    time, ``decode_s``).
+    decodes the videos in turn up to ``depth`` frames ahead of the consumer, so decoding, and
+    opening the next video, go on while the consumer crops. Frame index = floor(timestamp * fps)
+    (AIST's rule: 60 fps, rounded down); without timestamps, the decode order. A missing,
+    unreadable, truncated or damaged file ends its video early and appends (j, reason, detail) to
+    ``errors`` in video order (the caller counts the frames it did not get). ``counter``
+    accumulates ``decoded_frames`` (and the images' conversion time, ``decode_s``).
     """
     import av
-    from av.video.reformatter import VideoReformatter
 
     counter = counter if counter is not None else {}
     errors = errors if errors is not None else []
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def produce() -> None:
-        for j, (path, wanted) in enumerate(videos):
-            if path is None or not Path(path).exists():
-                if not put(("missing", j, None)):
-                    return
-                continue
-            if not wanted:
-                continue
-            last = max(wanted)
-            try:
-                container = av.open(str(path))
-            except Exception as exc:  # noqa: BLE001 - the consumer decides (unreadable video or a crash)
-                if not put(("unreadable", j, exc)):
-                    return
-                continue
-            try:
-                stream = container.streams.video[0]
-                stream.thread_type = "AUTO"
-                for n, frame in enumerate(container.decode(stream)):
-                    t = frame.time
-                    idx = int(np.floor(t * fps + 1e-6)) if t is not None else n
-                    if not put(("frame", j, (idx, frame))):
-                        return
-                    if idx >= last:
-                        break
-            except Exception as exc:  # noqa: BLE001 - as above (damaged video or a crash)
-                if not put(("damaged", j, exc)):
-                    return
-                continue
-            finally:
-                container.close()  # decoded frames are reference-counted: they outlive it
-            if not put(("end", j, None)):
-                return
-        put(_END)
-
-    reformatter = VideoReformatter()  # shared by the region conversions
     got: list[set[int]] = [set() for _ in videos]
-    worker = threading.Thread(target=produce, name="decode-ahead", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = items.get()
-            if item is _END:
-                return
-            kind, j, value = item
-            path, wanted = videos[j]
-            if kind == "frame":
-                counter["decoded_frames"] = counter.get("decoded_frames", 0) + 1
-                idx, frame = value
-                if idx in wanted and idx not in got[j]:
-                    got[j].add(idx)
-                    yield j, idx, VideoImage(frame, reformatter, counter)
-            elif kind == "missing":
-                errors.append((j, "missing video", str(path)))
-            elif kind == "unreadable":
-                if not isinstance(value, (av.FFmpegError, OSError)):
-                    raise value
-                errors.append((j, "unreadable video", f"{Path(path).name}: {value}"))
-            elif kind == "damaged":
-                if not isinstance(value, (av.FFmpegError, OSError, ValueError)):
-                    raise value
-                errors.append((j, "damaged video", f"{Path(path).name}: after {len(got[j])} wanted frames: {value}"))
-            elif len(got[j]) < len(wanted):  # end of a video that did not hold every wanted frame
-                errors.append((j, "video ended early", f"{Path(path).name}: before frame {max(set(wanted) - got[j])}"))
-    finally:
-        stop.set()
-        worker.join()
+    for kind, j, value in read_ahead(_video_events(videos, fps), depth):
+        path, wanted = videos[j]
+        if kind == "frame":
+            add_metric(counter, "decoded_frames", 1)
+            idx, frame = value
+            if idx in wanted and idx not in got[j]:
+                got[j].add(idx)
+                yield j, idx, VideoImage(frame, counter)
+        elif kind == "missing":
+            errors.append((j, "missing video", str(path)))
+        elif kind == "unreadable":
+            if not isinstance(value, (av.FFmpegError, OSError)):
+                raise value
+            errors.append((j, "unreadable video", f"{Path(path).name}: {value}"))
+        elif kind == "damaged":
+            if not isinstance(value, (av.FFmpegError, OSError, ValueError)):
+                raise value
+            errors.append((j, "damaged video", f"{Path(path).name}: after {len(got[j])} wanted frames: {value}"))
+        elif len(got[j]) < len(wanted):  # the end of a video that did not hold every wanted frame
+            errors.append((j, "video ended early", f"{Path(path).name}: before frame {max(set(wanted) - got[j])}"))
 
 
 def video_frames(path: Path, wanted: set[int], fps: float, counter: dict | None = None, errors: list | None = None):
@@ -233,14 +265,28 @@ def read_image(path: Path) -> np.ndarray:
     return np.ascontiguousarray(img[..., ::-1])
 
 
+def _image_events(unit, needed: dict[str, set[int]], metrics: dict):
+    """(cam, frame, RGB array or FrameError) for the image files ``needed`` asks for, in order."""
+    for cam in sorted(needed):
+        for f in sorted(needed[cam]):
+            t0 = time.perf_counter()
+            try:
+                img = read_image(unit.image_path(cam, f))
+            except FrameError as exc:
+                img = exc
+            add_metric(metrics, "decode_s", time.perf_counter() - t0)
+            yield cam, f, img
+
+
 def iter_frames(unit, needed: dict[str, set[int]], metrics: dict | None = None, problems: list | None = None):
     """Yield (cam, frame, image) for what ``needed`` ({camera: frame ids}) asks for, each decoded
-    once. The image is an RGB array (image files) or a :class:`VideoImage` (videos), which slices
-    like one and converts with ``np.asarray``.
+    once, a few frames ahead of the caller by a background thread. The image is an RGB array (image
+    files) or a :class:`VideoImage` (videos), which slices like one and converts with ``np.asarray``.
 
     The caller consumes each frame as it comes (crops it) instead of holding a sequence's frames in
     memory. What cannot be decoded is appended to ``problems`` as (unit part, reason, detail).
-    ``metrics`` accumulates decoded_frames and decode_s (time spent decoding, not consuming).
+    ``metrics`` accumulates decoded_frames and decode_s (images: time spent decoding them; videos:
+    time the caller waited for a frame, plus the RGB conversions).
     """
     metrics = metrics if metrics is not None else {}
     problems = problems if problems is not None else []
@@ -252,9 +298,9 @@ def iter_frames(unit, needed: dict[str, set[int]], metrics: dict | None = None, 
             try:
                 item = next(gen)
             except StopIteration:
-                metrics["decode_s"] = metrics.get("decode_s", 0.0) + time.perf_counter() - t0
+                add_metric(metrics, "decode_s", time.perf_counter() - t0)
                 return
-            metrics["decode_s"] = metrics.get("decode_s", 0.0) + time.perf_counter() - t0
+            add_metric(metrics, "decode_s", time.perf_counter() - t0)
             yield item
 
     if mode == "video":  # one decoding thread runs through the cameras' videos in turn
@@ -264,19 +310,12 @@ def iter_frames(unit, needed: dict[str, set[int]], metrics: dict | None = None, 
             yield cams[j], f, img
         problems.extend((f"{unit.name}/{cams[j]}", reason, detail) for j, reason, detail in errors)
         return
-    for cam in sorted(needed):
-        wanted = needed[cam]
-        for f in sorted(wanted):
-            t0 = time.perf_counter()
-            try:
-                img = read_image(unit.image_path(cam, f))
-            except FrameError as exc:
-                problems.append((f"{unit.name}/{cam}/{f}", exc.reason, exc.detail))
-                continue
-            finally:
-                metrics["decode_s"] = metrics.get("decode_s", 0.0) + time.perf_counter() - t0
-            metrics["decoded_frames"] = metrics.get("decoded_frames", 0) + 1
-            yield cam, f, img
+    for cam, f, img in read_ahead(_image_events(unit, needed, metrics)):
+        if isinstance(img, FrameError):
+            problems.append((f"{unit.name}/{cam}/{f}", img.reason, img.detail))
+            continue
+        add_metric(metrics, "decoded_frames", 1)
+        yield cam, f, img
 
 
 def jpeg_size(path: Path) -> tuple[int, int] | None:
