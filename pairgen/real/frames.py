@@ -110,12 +110,17 @@ class VideoImage:
 
 
 _END = object()
+# A unit's videos are decoded two at a time, each decoder with slice threads only: FFmpeg's frame
+# threading (what "AUTO" picks for H.264) costs 15-40% more CPU per frame, which a worker that
+# crops and encodes beside its decoders cannot spare. A lone video keeps PyAV's "AUTO".
+VIDEO_DECODERS = 2
 
 
-def read_ahead(items, depth: int = 8):
-    """Yield what the iterator ``items`` yields, produced by a background thread up to ``depth``
-    items ahead of the consumer (worth it when producing releases the GIL: decoding). An exception
-    in the producer is raised in the consumer; closing the consumer stops the producer."""
+def read_ahead(sources, depth: int = 8):
+    """Yield what the iterators ``sources`` yield, each produced by its own background thread, up
+    to ``depth`` items ahead of the consumer (worth it when producing releases the GIL: decoding).
+    Items of one source keep their order; sources interleave as they come. An exception in a
+    producer is raised in the consumer; closing the consumer stops the producers."""
     out: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -128,7 +133,7 @@ def read_ahead(items, depth: int = 8):
                 pass
         return False
 
-    def produce() -> None:
+    def produce(items) -> None:
         try:
             for x in items:
                 if not put((True, x)):
@@ -142,28 +147,34 @@ def read_ahead(items, depth: int = 8):
                 close()
         put(_END)
 
-    worker = threading.Thread(target=produce, name="read-ahead", daemon=True)
-    worker.start()
+    workers = [threading.Thread(target=produce, args=(items,), name="read-ahead", daemon=True) for items in sources]
+    for w in workers:
+        w.start()
     try:
-        while True:
+        running = len(workers)
+        while running:
             item = out.get()
             if item is _END:
-                return
+                running -= 1
+                continue
             ok, x = item
             if not ok:
                 raise x
             yield x
     finally:
         stop.set()
-        worker.join()
+        for w in workers:
+            w.join()
 
 
-def _video_events(videos: list[tuple[Path | None, set[int]]], fps: float):
-    """What decoding the videos in turn meets, in order: (kind, j, value) with kind "frame"
-    (value (index, frame)), "missing", "unreadable" / "damaged" (value the exception), "end"."""
+def _video_events(videos: list[tuple[Path | None, set[int]]], fps: float, claim, thread_type: str):
+    """What decoding videos meets, in order, for the videos this decoder claims (``claim()`` gives
+    the next unclaimed index, or None): (kind, j, value) with kind "frame" (value (index, frame)),
+    "missing", "unreadable" / "damaged" (value the exception), "end"."""
     import av
 
-    for j, (path, wanted) in enumerate(videos):
+    while (j := claim()) is not None:
+        path, wanted = videos[j]
         if path is None or not Path(path).exists():
             yield "missing", j, None
             continue
@@ -177,7 +188,7 @@ def _video_events(videos: list[tuple[Path | None, set[int]]], fps: float):
             continue
         try:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+            stream.thread_type = thread_type
             for n, frame in enumerate(container.decode(stream)):
                 t = frame.time
                 idx = int(np.floor(t * fps + 1e-6)) if t is not None else n
@@ -197,9 +208,10 @@ def decode_videos(videos: list[tuple[Path | None, set[int]]], fps: float, counte
     """Yield (j, index, :class:`VideoImage`) for the frames wanted of each video j, video after video,
     each in one sequential pass.
 
-    ``videos`` is [(path or None, wanted frame indices at ``fps``)]. A background thread opens and
-    decodes the videos in turn up to ``depth`` frames ahead of the consumer, so decoding, and
-    opening the next video, go on while the consumer crops. Frame index = floor(timestamp * fps)
+    ``videos`` is [(path or None, wanted frame indices at ``fps``)]. Background threads (two
+    decoders, see ``VIDEO_DECODERS``) open and decode the videos in turn up to ``depth`` frames
+    ahead of the consumer, so decoding, and opening the next video, go on while the consumer crops;
+    frames of two videos may interleave, each video's in order. Frame index = floor(timestamp * fps)
     (AIST's rule: 60 fps, rounded down); without timestamps, the decode order. A missing,
     unreadable, truncated or damaged file ends its video early and appends (j, reason, detail) to
     ``errors`` in video order (the caller counts the frames it did not get). ``counter``
@@ -208,9 +220,19 @@ def decode_videos(videos: list[tuple[Path | None, set[int]]], fps: float, counte
     import av
 
     counter = counter if counter is not None else {}
-    errors = errors if errors is not None else []
+    found: list = []
     got: list[set[int]] = [set() for _ in videos]
-    for kind, j, value in read_ahead(_video_events(videos, fps), depth):
+    order = iter(range(len(videos)))
+    lock = threading.Lock()
+
+    def claim() -> int | None:
+        with lock:
+            return next(order, None)
+
+    decoders = min(VIDEO_DECODERS, len(videos))
+    thread_type = "SLICE" if decoders > 1 else "AUTO"
+    events = [_video_events(videos, fps, claim, thread_type) for _ in range(decoders)]
+    for kind, j, value in read_ahead(events, depth):
         path, wanted = videos[j]
         if kind == "frame":
             add_metric(counter, "decoded_frames", 1)
@@ -219,17 +241,19 @@ def decode_videos(videos: list[tuple[Path | None, set[int]]], fps: float, counte
                 got[j].add(idx)
                 yield j, idx, VideoImage(frame, counter)
         elif kind == "missing":
-            errors.append((j, "missing video", str(path)))
+            found.append((j, "missing video", str(path)))
         elif kind == "unreadable":
             if not isinstance(value, (av.FFmpegError, OSError)):
                 raise value
-            errors.append((j, "unreadable video", f"{Path(path).name}: {value}"))
+            found.append((j, "unreadable video", f"{Path(path).name}: {value}"))
         elif kind == "damaged":
             if not isinstance(value, (av.FFmpegError, OSError, ValueError)):
                 raise value
-            errors.append((j, "damaged video", f"{Path(path).name}: after {len(got[j])} wanted frames: {value}"))
+            found.append((j, "damaged video", f"{Path(path).name}: after {len(got[j])} wanted frames: {value}"))
         elif len(got[j]) < len(wanted):  # the end of a video that did not hold every wanted frame
-            errors.append((j, "video ended early", f"{Path(path).name}: before frame {max(set(wanted) - got[j])}"))
+            found.append((j, "video ended early", f"{Path(path).name}: before frame {max(set(wanted) - got[j])}"))
+    if errors is not None:
+        errors.extend(sorted(found, key=lambda e: e[0]))  # in video order, whichever decoder met them
 
 
 def video_frames(path: Path, wanted: set[int], fps: float, counter: dict | None = None, errors: list | None = None):
@@ -310,7 +334,7 @@ def iter_frames(unit, needed: dict[str, set[int]], metrics: dict | None = None, 
             yield cams[j], f, img
         problems.extend((f"{unit.name}/{cams[j]}", reason, detail) for j, reason, detail in errors)
         return
-    for cam, f, img in read_ahead(_image_events(unit, needed, metrics)):
+    for cam, f, img in read_ahead([_image_events(unit, needed, metrics)]):
         if isinstance(img, FrameError):
             problems.append((f"{unit.name}/{cam}/{f}", img.reason, img.detail))
             continue
