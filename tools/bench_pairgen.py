@@ -4,12 +4,16 @@
     python tools/bench_pairgen.py --source synthetic [--num-pairs 600] [--workers N]
     python tools/bench_pairgen.py --source interhand|aist|humbi   (on a generated fixture)
 
-synthetic: the limit is the raw render rate of the same renderer on already-posed bodies (nothing
-else: no posing, texturing, compositing, encoding or writing), measured with as many rendering
-processes at once as the pipeline has workers, so that both figures share the machine the same
-way. Each pair needs two renders, so the pair limit per core is renders/s per core / 2. The pipeline figure is the full
-`pairgen build` (Ray, N workers) on N cores, steady state (shard build time summed over workers)
-and wall clock (including Ray start and per-worker model builds). Peak RSS per worker is reported.
+synthetic: one process pinned to one core builds a synthetic worker once (as a Ray worker does),
+then alternates 2 x ROUNDS times between the raw render loop of the same renderer on already-posed,
+already-textured bodies (nothing else: no posing, texturing, compositing, encoding or writing) and
+building + writing a shard of --num-pairs pairs with the same worker; the ratio is the median of
+the rounds' ratios (this machine's speed drifts by up to 2x within a minute, so a ratio pairs two
+adjacent measurements). Each pair needs two renders, so the pair limit is renders/s / 2. The raw
+loop runs in the worker's process on purpose: a fresh process renders ~30% slower (glibc still
+serves its large arrays with mmap and page faults), which would flatter the pipeline. Then a whole `pairgen build` (Ray, N workers)
+gives the wall-clock rate (Ray start and model builds included), the shard-work rate with Ray's
+daemons sharing the cores, and the peak RSS per worker.
 
 Real sources (generated fixtures in the real layouts): one in-process worker builds the fixture's
 shard (``--local``: the code a Ray worker runs, without Ray's start-up daemons sharing the cores
@@ -36,59 +40,77 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 
-def _raw_render_process(seconds: float, image_size: int, barrier, results) -> None:
-    """One process of :func:`raw_render_rate`: prepare posed, textured views, then render in a loop."""
+def _synthetic_process(num_pairs: int, rounds: int, seconds: float, image_size: int, results) -> None:
+    """Pinned to one core: build a synthetic worker once (as a Ray worker does), then alternate
+    ``rounds`` times between the raw render loop and a shard of ``num_pairs`` built and written by
+    the same worker (the code a Ray worker runs per shard)."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    import cv2
     import torch
 
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    from pairgen.build import build_shard
+    from pairgen.config import BuildConfig
+    from pairgen.sources.base import ShardTask
+    from pairgen.sources.synthetic import SyntheticWorker
     from pairgen.synthetic import appearance, camera as cam
-    from pairgen.synthetic.body import AnnyBody, vertex_normals
-    from pairgen.synthetic.gl import GLBodyRenderer
+    from pairgen.synthetic.body import vertex_normals
     from pairgen.synthetic.motions import sample_clip
+    from pairgen.writer import warm_up
 
-    body = AnnyBody()
-    rng = np.random.default_rng(0)
-    n = 16
-    clips = [sample_clip(rng) for _ in range(n)]
-    angles = np.concatenate([c.angles([1.0]) for c in clips])
-    posed = body.forward(rng.random((n, 6)), angles, rng.uniform(0, 6.28, n))
-    regions = appearance.region_map(body.uv, body.faces, body.regions, 256)
-    views, textures = [], []
-    for i in range(n):
-        V = posed.vertices[i]
-        nrm = vertex_normals(V, body.mesh_faces)
-        R, t = cam.look_at(cam.camera_center(V.mean(0), rng.uniform(0, 6.28), 0.2, 4.0), V.mean(0))
-        views.append((V[body.split_index], nrm[body.split_index], cam.fit_camera(R, t, V, image_size, 0.8)))
-        textures.append(appearance.random_outfit_texture(rng, regions)[0])
-    r = GLBodyRenderer(image_size, body.faces, body.uv, 256)
-    ambient, lights = appearance.random_lighting(rng)
-    for i in range(n):  # warm-up
-        r.render([views[i]], textures[i], ambient, lights)
-    barrier.wait()
-    count, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        i = count % n
-        r.render([views[i]], textures[i], ambient, lights)  # one upload + one draw + readback, as in a pair
-        count += 1
-    results.put(count / (time.perf_counter() - t0))
+    out = tempfile.mkdtemp(prefix="bench_synthetic_")
+    try:
+        cfg = BuildConfig(source="synthetic", out=out, num_pairs=num_pairs * rounds, seed=0, image_size=image_size,
+                          shard_size=num_pairs, local=True)
+        warm_up()
+        worker = SyntheticWorker(cfg)
+        gen, body = worker.generator, worker.generator.body
+        # raw render inputs: posed, textured, framed bodies, prepared outside the timed loop
+        rng = np.random.default_rng(0)
+        n = 16
+        clips = [sample_clip(rng) for _ in range(n)]
+        posed = body.forward(rng.random((n, 6)), np.concatenate([c.angles([1.0]) for c in clips]),
+                             rng.uniform(0, 6.28, n))
+        views, textures = [], []
+        for i in range(n):
+            V = posed.vertices[i]
+            nrm = vertex_normals(V, body.mesh_faces)
+            R, t = cam.look_at(cam.camera_center(V.mean(0), rng.uniform(0, 6.28), 0.2, 4.0), V.mean(0))
+            views.append((V[body.split_index], nrm[body.split_index], cam.fit_camera(R, t, V, image_size, 0.8)))
+            textures.append(appearance.random_outfit_texture(rng, gen.regions)[0])
+        ambient, lights = appearance.random_lighting(rng)
+        render = gen.renderer.render
+        for i in range(n):
+            render([views[i]], textures[i], ambient, lights)
+        raw, pipe = [], []
+        for k in range(rounds):
+            count, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                i = count % n
+                render([views[i]], textures[i], ambient, lights)  # one upload + one draw + readback
+                count += 1
+            raw.append(count / (time.perf_counter() - t0))
+            task = ShardTask("synthetic", k, num_pairs, {"start": k * num_pairs, "stop": (k + 1) * num_pairs})
+            t0 = time.perf_counter()
+            stats = build_shard(worker, task, cfg)
+            pipe.append(stats["count"] / (time.perf_counter() - t0))
+        results.put({"renders_per_s": raw, "pairs_per_s": pipe})
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
-def raw_render_rate(processes: int = 1, seconds: float = 8.0, image_size: int = 256) -> dict:
-    """Renders/s per core of the synthetic renderer on pre-posed, pre-textured bodies, measured
-    with ``processes`` processes rendering at once (as many as the pipeline has workers, so both
-    figures are taken with every core busy: shared caches and memory bandwidth alike)."""
+def synthetic_one_core(num_pairs: int, rounds: int, image_size: int, seconds: float = 5.0) -> dict:
+    """Run :func:`_synthetic_process` in a fresh process; best round of each figure."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    barrier, results = ctx.Barrier(processes), ctx.Queue()
-    procs = [ctx.Process(target=_raw_render_process, args=(seconds, image_size, barrier, results))
-             for _ in range(processes)]
-    for pr in procs:
-        pr.start()
-    rates = [results.get(timeout=600) for _ in procs]
-    for pr in procs:
-        pr.join()
-    return {"renders_per_s": sum(rates) / processes, "per_process": rates}
+    results = ctx.Queue()
+    pr = ctx.Process(target=_synthetic_process, args=(num_pairs, rounds, seconds, image_size, results))
+    pr.start()
+    r = results.get(timeout=1800)
+    pr.join()
+    return r
 
 
 def pipeline_rate(num_pairs: int, workers: int, shard_size: int, image_size: int) -> dict:
@@ -114,7 +136,7 @@ def pipeline_rate(num_pairs: int, workers: int, shard_size: int, image_size: int
             "peak_rss_mb_per_worker": summary.get("worker_peak_rss_mb"), "mb_per_1k_pairs": nbytes / summary["pairs_built"] * 1000 / 1e6}
 
 
-ROUNDS = 3  # real sources: pipeline and raw limit measured alternately, best of each
+ROUNDS = 3  # pipeline and raw limit measured alternately, best of each
 
 
 def _real_build(source: str, root: str, num_pairs: int, **kw) -> tuple[dict, list[dict], str, float]:
@@ -193,26 +215,39 @@ def _bench_jpeg_source(source: str, root: str, num_pairs: int, image_path) -> di
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", default="synthetic")
-    p.add_argument("--num-pairs", type=int, default=600)
+    p.add_argument("--num-pairs", type=int, default=None,
+                   help="synthetic: pairs per timed shard (default 150); real sources: pairs to build (600)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--shard-size", type=int, default=100)
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--frames", type=int, default=None,
                    help="frames per unit of a generated fixture (aist: 120 per camera, as documented; others: 40)")
     args = p.parse_args()
+    if args.num_pairs is None:
+        args.num_pairs = 150 if args.source == "synthetic" else 600
     if args.frames is None:
         args.frames = 120 if args.source == "aist" else 40
     os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
     if args.source != "synthetic":
         return bench_real(args)
-    raw = raw_render_rate(args.workers, image_size=args.image_size)
-    limit = raw["renders_per_s"] / 2
-    pipe = pipeline_rate(args.num_pairs, args.workers, args.shard_size, args.image_size)
-    print(f"raw render rate ({args.workers} processes at once): {raw['renders_per_s']:.1f} renders/s per core "
-          f"-> limit {limit:.1f} pairs/s per core")
-    print(f"pipeline, {args.workers} workers, {pipe['pairs']} pairs: wall {pipe['wall_s']:.1f} s")
-    print(f"  steady state:                    {pipe['steady_pairs_per_s_per_core']:.1f} pairs/s per core "
-          f"(ratio to raw render limit {pipe['steady_pairs_per_s_per_core'] / limit:.2f})")
+    rounds = 2 * ROUNDS
+    one = synthetic_one_core(args.num_pairs, rounds, args.image_size, seconds=2.0)
+    renders, pairs = max(one["renders_per_s"]), max(one["pairs_per_s"])
+    limit = renders / 2
+    ratios = sorted(2 * p / r for p, r in zip(one["pairs_per_s"], one["renders_per_s"]))
+    median = (ratios[(rounds - 1) // 2] + ratios[rounds // 2]) / 2
+    print(f"one core, {rounds} alternating rounds (this machine's speed drifts: each round's ratio pairs "
+          f"two adjacent measurements):")
+    print(f"  raw render rate:                 best {renders:.1f} renders/s -> limit {limit:.1f} pairs/s "
+          f"(rounds: {', '.join(f'{x:.0f}' for x in one['renders_per_s'])})")
+    print(f"  pipeline (worker: build + write {args.num_pairs}-pair shards): best {pairs:.1f} pairs/s "
+          f"(rounds: {', '.join(f'{x:.1f}' for x in one['pairs_per_s'])})")
+    print(f"  ratio to the raw render limit:   median of rounds {median:.2f} "
+          f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}; best to best {pairs / limit:.2f})")
+    pipe = pipeline_rate(args.num_pairs * args.workers * 2, args.workers, args.shard_size, args.image_size)
+    print(f"pairgen build, Ray, {args.workers} workers, {pipe['pairs']} pairs: wall {pipe['wall_s']:.1f} s")
+    print(f"  shard work (sum over workers):   {pipe['steady_pairs_per_s_per_core']:.1f} pairs/s per core "
+          f"(ratio {pipe['steady_pairs_per_s_per_core'] / limit:.2f}; Ray's daemons share the cores)")
     print(f"  wall clock (Ray start included): {pipe['wall_pairs_per_s_per_core']:.1f} pairs/s per core "
           f"(ratio {pipe['wall_pairs_per_s_per_core'] / limit:.2f})")
     print(f"  peak RSS per worker:             {pipe['peak_rss_mb_per_worker'] or float('nan'):.0f} MB")
