@@ -78,8 +78,20 @@ class _NormalOperator:
         rows = f.reshape(-1)
         cols = np.repeat(np.arange(len(f)), 3)
         self.incidence = csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_vertices, len(f)))
+        self._gathered: dict[tuple, tuple] = {}  # rows -> incidence[rows] (normals of chosen vertices only)
 
-    def __call__(self, v: np.ndarray) -> np.ndarray:
+    def _incidence_rows(self, rows: np.ndarray | None):
+        if rows is None:
+            return self.incidence
+        key = (rows.__array_interface__["data"][0], rows.shape)
+        hit = self._gathered.get(key)
+        if hit is None or hit[0] is not rows:
+            if len(self._gathered) >= 4:
+                self._gathered.clear()
+            hit = self._gathered[key] = (rows, self.incidence[rows])  # keeps ``rows`` alive
+        return hit[1]
+
+    def __call__(self, v: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         i0, i1, i2 = self.corners
         p0 = v.take(i0, 0)
         e1 = v.take(i1, 0)
@@ -91,7 +103,7 @@ class _NormalOperator:
         fn[0] = a[1] * b[2] - a[2] * b[1]
         fn[1] = a[2] * b[0] - a[0] * b[2]
         fn[2] = a[0] * b[1] - a[1] * b[0]
-        n = self.incidence @ fn.T
+        n = self._incidence_rows(rows) @ fn.T
         n /= np.sqrt(np.einsum("ij,ij->i", n, n))[:, None] + 1e-12
         return n.astype(np.float32, copy=False)
 
@@ -99,8 +111,9 @@ class _NormalOperator:
 _NORMAL_OPS: dict[tuple, _NormalOperator] = {}
 
 
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted vertex normals [V, 3] of one mesh (float32)."""
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Area-weighted vertex normals [V, 3] of one mesh (float32); with ``rows``, only those
+    vertices' normals (= ``vertex_normals(vertices, faces)[rows]``, without computing the rest)."""
     v = np.asarray(vertices, np.float32)
     key = (faces.__array_interface__["data"][0], faces.shape, faces.dtype.str, len(v))
     op = _NORMAL_OPS.get(key)
@@ -108,7 +121,7 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
         if len(_NORMAL_OPS) >= 8:
             _NORMAL_OPS.clear()
         op = _NORMAL_OPS[key] = _NormalOperator(faces, len(v))
-    return op(v)
+    return op(v, rows)
 
 
 class AnnyBody:

@@ -37,14 +37,16 @@ def fit_camera(R: np.ndarray, t: np.ndarray, points: np.ndarray, size: int, fill
     The larger side of the points' projected box spans ``fill`` of the image and the box is
     centred (principal point shift, as if cropping a larger sensor).
     """
-    pc = points @ R.T + t
-    if np.any(pc[:, 2] <= 0.05):
+    # float32, one row per camera axis (contiguous 1-D reductions; [N, 3] axis-0 ones are slow)
+    pc = np.asarray(R, np.float32) @ np.asarray(points, np.float32).T
+    pc += np.asarray(t, np.float32)[:, None]
+    if pc[2].min() <= 0.05:
         raise ValueError("person behind or too close to the camera")
-    xn, yn = pc[:, 0] / pc[:, 2], pc[:, 1] / pc[:, 2]
-    w, h = np.ptp(xn), np.ptp(yn)
-    f = fill * size / max(w, h)
-    cx = size / 2 - f * (xn.min() + xn.max()) / 2
-    cy = size / 2 - f * (yn.min() + yn.max()) / 2
+    xn, yn = pc[0] / pc[2], pc[1] / pc[2]
+    x0, x1, y0, y1 = float(xn.min()), float(xn.max()), float(yn.min()), float(yn.max())
+    f = fill * size / max(x1 - x0, y1 - y0)
+    cx = size / 2 - f * (x0 + x1) / 2
+    cy = size / 2 - f * (y0 + y1) / 2
     return Camera(R=R, t=t, fx=f, fy=f, cx=cx, cy=cy, width=size, height=size)
 
 

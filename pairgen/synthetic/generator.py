@@ -163,7 +163,7 @@ class SyntheticGenerator:
             meshes, joints = [verts[0], verts[1]], [kp3d[0], kp3d[1]]
 
         idx = self.body.split_index
-        normals = [vertex_normals(m, self.body.mesh_faces)[idx] for m in ((meshes[0],) if kind == "cross_view" else meshes)]
+        normals = [vertex_normals(m, self.body.mesh_faces, idx) for m in ((meshes[0],) if kind == "cross_view" else meshes)]
         split = [m[idx] for m in ((meshes[0],) if kind == "cross_view" else meshes)]
         views = [(split[0], normals[0], cams[0]), (split[-1], normals[-1], cams[1])]
         rendered = self.renderer.render(views, texture, ambient, lights)
