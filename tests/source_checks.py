@@ -32,3 +32,24 @@ def read_stats(out) -> list[dict]:
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def console_build_and_verify(source: str, root, out, *extra: str):
+    """The installed `pairgen` console script in a subprocess: `build --source SOURCE --root ROOT
+    --out OUT --local --quiet EXTRA...`, then `verify OUT`; returns the build's manifest."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    exe = Path(sys.executable).with_name("pairgen")
+    exe = str(exe) if exe.exists() else shutil.which("pairgen")
+    env = {**os.environ, "PYOPENGL_PLATFORM": "osmesa"}
+    run = subprocess.run([exe, "build", "--source", source, "--root", str(root), "--out", str(out), "--local",
+                          "--quiet", *extra], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    run = subprocess.run([exe, "verify", str(out)], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0 and "verify OK" in run.stdout, run.stdout + run.stderr
+    return pd.read_parquet(Path(out) / "manifest")

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +16,7 @@ from manifests import layout
 from pairgen.real import crop as cropping
 from pairgen.real.types import BadUnit
 from smpl_fixture import make_smpl_file
-from source_checks import iou as _iou, read_samples as _samples
+from source_checks import console_build_and_verify, iou as _iou, read_samples as _samples
 
 TRAIN_SEQ, TEST_SEQ = "gBR_sBM_cAll_d04_mBR1_ch02", "gPO_sFM_cAll_d12_mPO3_ch08"
 GAPS = ["--min-gap-s", "0.1", "--max-gap-s", "0.4"]  # the fixture's sequences last 0.5 s
@@ -241,15 +238,9 @@ def test_build_smpl(dataset, smpl_file, tmp_path):
 
 def test_console_script_split_train(dataset, tmp_path):
     """A real `pairgen` process; --split train keeps only the train sequence."""
-    exe = Path(sys.executable).with_name("pairgen")
     out = tmp_path / "train"
-    env = dict(os.environ, PYOPENGL_PLATFORM="osmesa")
-    cmd = [str(exe), "build", "--source", "aist", "--root", str(dataset["root"]), "--out", str(out), "--local",
-           "--quiet", "--num-pairs", "8", "--split", "train", "--silhouette", "keypoints", *GAPS]
-    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert subprocess.run([str(exe), "verify", str(out)], capture_output=True, env=env).returncode == 0
-    df = _manifest(out)
+    df = console_build_and_verify("aist", dataset["root"], out, "--num-pairs", "8", "--split", "train",
+                                  "--silhouette", "keypoints", *GAPS)
     assert len(df) == 8 and set(df["split"]) == {"train"} and set(df["sequence"]) == {TRAIN_SEQ}
 
 

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import functools
 
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +15,7 @@ from pairgen.real import crop as cropping
 from pairgen.real.types import BadUnit
 from pairgen.sources.humbi import HumbiReader, read_cameras
 from smpl_fixture import make_smpl_file
-from source_checks import build_and_verify, iou as _iou, read_samples as _samples, read_stats as _stats
+from source_checks import console_build_and_verify, build_and_verify, iou as _iou, read_samples as _samples, read_stats as _stats
 
 
 @pytest.fixture(scope="module")
@@ -152,18 +148,7 @@ def test_reader_reports_partial_faults_and_bad_units(faulty):
 def test_build_keypoints_console_script_verify_and_geometry(humbi, tmp_path):
     """The console script in a subprocess (default silhouette: keypoints), then the GT checks."""
     out = tmp_path / "kp"
-    exe = Path(sys.executable).with_name("pairgen")
-    cmd = [str(exe) if exe.exists() else shutil.which("pairgen"), "build", "--source", "humbi",
-           "--root", str(humbi["root"].parent), "--out", str(out), "--num-pairs", "32", "--shard-size", "16",
-           "--local", "--quiet"]
-    env = {**os.environ, "PYOPENGL_PLATFORM": "osmesa"}
-    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr
-    run = subprocess.run([cmd[0], "verify", str(out)], capture_output=True, text=True, env=env, timeout=120)
-    assert run.returncode == 0 and "verify OK" in run.stdout, run.stdout + run.stderr
-    import pandas as pd
-
-    rows = pd.read_parquet(out / "manifest")
+    rows = console_build_and_verify("humbi", humbi["root"].parent, out, "--num-pairs", "32", "--shard-size", "16")
     assert len(rows) == 32 and set(rows["kind"]) == {"cross_view", "cross_pose"}
     assert set(rows["subject"]) == {"1", "10"} and set(rows["track"]) == {"0"}
     assert set(zip(rows["subject"], rows["split"])) == {("1", "train"), ("10", "val")}

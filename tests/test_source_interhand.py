@@ -4,8 +4,6 @@ geometry and silhouettes against the fixture's ground truth, faults."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from manifests.sample import decode_sample, iter_tar_samples
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fixtures_interhand import make_interhand_fixture  # noqa: E402
+from source_checks import console_build_and_verify  # noqa: E402
 
 TRAIN_A = "train/Capture0/0000_fixture_clap"
 TRAIN_B = "train/Capture1/0001_fixture_wave"
@@ -181,15 +180,7 @@ def test_build_smpl_with_mano_iou(dataset, mano_dir, tmp_path):
 def test_split_train_only_and_console_script(dataset, tmp_path):
     root, _ = dataset
     out = tmp_path / "shards"
-    exe = Path(sys.executable).parent / "pairgen"
-    env = dict(os.environ, PYOPENGL_PLATFORM="osmesa")
-    p = subprocess.run([str(exe), "build", "--source", "interhand", "--root", str(root), "--out", str(out),
-                        "--local", "--quiet", "--split", "train", "--num-pairs", "16", "--shard-size", "8"],
-                       capture_output=True, text=True, env=env, timeout=300)
-    assert p.returncode == 0, p.stderr
-    p = subprocess.run([str(exe), "verify", str(out)], capture_output=True, text=True, env=env, timeout=120)
-    assert p.returncode == 0, p.stdout + p.stderr
-    df = pd.read_parquet(out / "manifest")
+    df = console_build_and_verify("interhand", root, out, "--split", "train", "--num-pairs", "16", "--shard-size", "8")
     assert len(df) > 0 and (df["split"] == "train").all()
     assert df["sequence"].str.startswith("train/").all()
 

@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import functools
 
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +16,7 @@ from fixtures_jrdb import CAMS, FAULTS, SEAM_TRACK, SPLIT_DIR, STITCHED, inject_
 from pairgen.real import crop as cropping
 from pairgen.real.types import BadUnit
 from pairgen.sources.jrdb import JRDB_TO_COCO, JrdbReader, jrdb_to_coco
-from source_checks import build_and_verify, iou as _iou, read_samples as _samples, read_stats as _stats
+from source_checks import console_build_and_verify, build_and_verify, iou as _iou, read_samples as _samples, read_stats as _stats
 
 SEQ1, SEQ2 = "bytes-cafe-2019-02-07_0", "gates-ai-lab-2019-02-08_0"
 
@@ -194,18 +190,7 @@ def test_reader_rejects_roots_and_reports_faults(faulty, tmp_path):
 def test_build_console_script_verify_and_truth(jrdb, tmp_path):
     """The console script in a subprocess (default silhouette: keypoints), then the GT checks."""
     out = tmp_path / "kp"
-    exe = Path(sys.executable).with_name("pairgen")
-    cmd = [str(exe) if exe.exists() else shutil.which("pairgen"), "build", "--source", "jrdb",
-           "--root", str(jrdb["root"]), "--out", str(out), "--num-pairs", "48", "--shard-size", "16",
-           "--local", "--quiet"]
-    env = {**os.environ, "PYOPENGL_PLATFORM": "osmesa"}
-    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr
-    run = subprocess.run([cmd[0], "verify", str(out)], capture_output=True, text=True, env=env, timeout=120)
-    assert run.returncode == 0 and "verify OK" in run.stdout, run.stdout + run.stderr
-    import pandas as pd
-
-    rows = pd.read_parquet(out / "manifest")
+    rows = console_build_and_verify("jrdb", jrdb["root"], out, "--num-pairs", "48", "--shard-size", "16")
     assert len(rows) >= 40 and set(rows["kind"]) == {"cross_view", "cross_pose"}
     assert set(rows["track"]) <= {"1", "2", "5"} and rows["track"].str.len().min() > 0
     assert set(rows["subject"]) == {SEQ1, SEQ2} and set(zip(rows["subject"], rows["split"])) == {

@@ -7,11 +7,6 @@ from __future__ import annotations
 import functools
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +17,7 @@ from pairgen.real import crop as cropping
 from pairgen.real.frames import read_image
 from pairgen.real.types import BadUnit
 from pairgen.sources.mars import MarsReader
-from source_checks import build_and_verify, iou as _iou, read_samples as _samples
+from source_checks import console_build_and_verify, build_and_verify, iou as _iou, read_samples as _samples
 
 FPS = 25.0
 
@@ -130,18 +125,8 @@ def test_reader_cross_checks_the_info_table(mars, tmp_path):
 def test_build_console_script_verify_and_ground_truth(mars, tmp_path):
     """The console script in a subprocess, then pairs, gaps, crops and silhouettes against the truth."""
     out = tmp_path / "kp"
-    exe = Path(sys.executable).with_name("pairgen")
-    cmd = [str(exe) if exe.exists() else shutil.which("pairgen"), "build", "--source", "mars",
-           "--root", str(mars["root"]), "--out", str(out), "--kinds", "cross_pose", "--num-pairs", "54",
-           "--shard-size", "24", "--local", "--quiet"]
-    env = {**os.environ, "PYOPENGL_PLATFORM": "osmesa"}
-    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr
-    run = subprocess.run([cmd[0], "verify", str(out)], capture_output=True, text=True, env=env, timeout=120)
-    assert run.returncode == 0 and "verify OK" in run.stdout, run.stdout + run.stderr
-    import pandas as pd
-
-    rows = pd.read_parquet(out / "manifest")
+    rows = console_build_and_verify("mars", mars["root"], out, "--kinds", "cross_pose", "--num-pairs", "54",
+                                    "--shard-size", "24")
     assert len(rows) == 54 and set(rows["kind"]) == {"cross_pose"}
     assert set(rows["track"]) == set(mars["tracklets"]) and set(rows["split"]) == {"train", "test"}
     assert set(rows["subject"]) == {"0001", "0002", "0003"} and set(rows["silhouette_method"]) == {"grabcut"}

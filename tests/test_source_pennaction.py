@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import functools
 
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +16,7 @@ from fixtures_pennaction import FAULTS, VIDEOS, inject_faults, make_pennaction_f
 from pairgen.real import crop as cropping
 from pairgen.real.types import BadUnit
 from pairgen.sources.pennaction import PennActionReader
-from source_checks import build_and_verify, read_samples as _samples, read_stats as _stats
+from source_checks import console_build_and_verify, build_and_verify, read_samples as _samples, read_stats as _stats
 
 COCO_SLOTS = (0, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)  # README order -> COCO-17
 
@@ -203,18 +199,8 @@ def test_build_in_process_against_truth(penn, tmp_path):
 def test_console_script_with_fps_option(penn, tmp_path):
     """The console script in a subprocess; --reader-option fps=25 changes the recorded gaps."""
     out = tmp_path / "cli"
-    exe = Path(sys.executable).with_name("pairgen")
-    cmd = [str(exe) if exe.exists() else shutil.which("pairgen"), "build", "--source", "pennaction",
-           "--root", str(penn["root"]), "--out", str(out), "--num-pairs", "24", "--kinds", "cross_pose",
-           "--reader-option", "fps=25", "--local", "--quiet"]
-    env = {**os.environ, "PYOPENGL_PLATFORM": "osmesa"}
-    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr
-    run = subprocess.run([cmd[0], "verify", str(out)], capture_output=True, text=True, env=env, timeout=120)
-    assert run.returncode == 0 and "verify OK" in run.stdout, run.stdout + run.stderr
-    import pandas as pd
-
-    rows = pd.read_parquet(out / "manifest")
+    rows = console_build_and_verify("pennaction", penn["root"], out, "--num-pairs", "24", "--kinds", "cross_pose",
+                                    "--reader-option", "fps=25")
     assert len(rows) == 24 and set(rows["kind"]) == {"cross_pose"} and set(rows["track"]) == {"0"}
     assert set(zip(rows["subject"], rows["split"])) == {("0001", "train"), ("0002", "train"), ("0003", "test"),
                                                          ("0004", "test")}

@@ -5,11 +5,7 @@ and faults (malformed JSON, corrupt JPEG, missing frames, a track labelled once,
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +14,7 @@ from fixtures_posetrack import BAD_VIDEO, FAULTS, FPS, VIDEOS, inject_faults, ma
 from pairgen.real import crop as cropping
 from pairgen.real.types import BadUnit
 from pairgen.sources.posetrack import PoseTrackReader
-from source_checks import read_samples as _samples, read_stats as _stats
+from source_checks import console_build_and_verify, read_samples as _samples, read_stats as _stats
 
 TRAIN, VAL = VIDEOS[0][0], VIDEOS[1][0]
 GAPS = ["--min-gap-s", "0.1", "--max-gap-s", "0.6"]  # the fixture's videos last 0.64 s
@@ -159,18 +155,8 @@ def test_reader_reports_faults(faulty, posetrack):
 def test_build_console_script_pt18_verify_and_truth(posetrack, tmp_path):
     """The console script in a subprocess on the PoseTrack18 tree, then the GT checks."""
     out = tmp_path / "pt18"
-    exe = Path(sys.executable).with_name("pairgen")
-    cmd = [str(exe) if exe.exists() else shutil.which("pairgen"), "build", "--source", "posetrack",
-           "--root", str(posetrack["roots"]["pt18"]), "--out", str(out), "--num-pairs", "40", "--shard-size", "16",
-           "--kinds", "cross_pose", *GAPS, "--local", "--quiet"]
-    env = {**os.environ, "PYOPENGL_PLATFORM": "osmesa"}
-    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr
-    run = subprocess.run([cmd[0], "verify", str(out)], capture_output=True, text=True, env=env, timeout=120)
-    assert run.returncode == 0 and "verify OK" in run.stdout, run.stdout + run.stderr
-    import pandas as pd
-
-    rows = pd.read_parquet(out / "manifest")
+    rows = console_build_and_verify("posetrack", posetrack["roots"]["pt18"], out, "--num-pairs", "40",
+                                    "--shard-size", "16", "--kinds", "cross_pose", *GAPS)
     assert len(rows) == 40 and set(rows["kind"]) == {"cross_pose"} and set(rows["silhouette_method"]) == {"keypoints"}
     assert set(rows["track"]) == {"0", "1"} and set(zip(rows["sequence"], rows["split"])) == {(TRAIN, "train"),
                                                                                              (VAL, "val")}

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +15,7 @@ from manifests import layout
 from pairgen.real import crop as cropping
 from pairgen.real.types import BadUnit
 from smpl_fixture import make_smpl_file
-from source_checks import iou as _iou, read_samples as _samples
+from source_checks import console_build_and_verify, iou as _iou, read_samples as _samples
 
 TRAIN, TEST, VAL = "courtyard_walkPair_00", "downtown_walkPair_01", "outdoors_walkPair_02"
 GAPS = ["--min-gap-s", "0.1", "--max-gap-s", "0.5"]  # the fixture's sequences last 20 frames (0.67 s)
@@ -227,15 +224,9 @@ def test_build_smpl(dataset, smpl_file, tmp_path):
 
 def test_console_script_split_train(dataset, tmp_path):
     """A real `pairgen` process; --split train keeps only the train sequence."""
-    exe = Path(sys.executable).with_name("pairgen")
     out = tmp_path / "train"
-    env = dict(os.environ, PYOPENGL_PLATFORM="osmesa")
-    cmd = [str(exe), "build", "--source", "3dpw", "--root", str(dataset["root"]), "--out", str(out), "--local",
-           "--quiet", "--num-pairs", "8", "--split", "train", "--kinds", "cross_pose", *GAPS]
-    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert subprocess.run([str(exe), "verify", str(out)], capture_output=True, env=env).returncode == 0
-    df = _manifest(out)
+    df = console_build_and_verify("3dpw", dataset["root"], out, "--num-pairs", "8", "--split", "train",
+                                  "--kinds", "cross_pose", *GAPS)
     assert len(df) == 8 and set(df["split"]) == {"train"} and set(df["sequence"]) == {TRAIN}
 
 
