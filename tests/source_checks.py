@@ -53,3 +53,21 @@ def console_build_and_verify(source: str, root, out, *extra: str):
     run = subprocess.run([exe, "verify", str(out)], capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0 and "verify OK" in run.stdout, run.stdout + run.stderr
     return pd.read_parquet(Path(out) / "manifest")
+
+
+def read_manifest(out):
+    """The Parquet manifests of every finished shard, concatenated."""
+    import pandas as pd
+
+    out = Path(out)
+    return pd.concat([pd.read_parquet(layout.manifest_path(out, n)) for n in layout.finished_shards(out)])
+
+
+def skipped_totals(out) -> dict:
+    """{"skipped": reason -> count summed over shards, "skipped_units": every shard's list}."""
+    skipped, units = {}, []
+    for s in read_stats(out):
+        for k, v in s.get("skipped", {}).items():
+            skipped[k] = skipped.get(k, 0) + v
+        units += s.get("skipped_units", [])
+    return {"skipped": skipped, "skipped_units": units}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import pickle
 import shutil
 from pathlib import Path
@@ -12,11 +11,11 @@ import pytest
 
 from fixtures_aist import (IGNORED_SEQ, MALFORMED_SEQ, MISSING_DETECTION, PARTIAL_DETECTION, VIEWS, apply_faults,
                            add_sequence_copy, make_aist_fixture, write_video)
-from manifests import layout
 from pairgen.real import crop as cropping
 from pairgen.real.types import BadUnit
 from smpl_fixture import make_smpl_file
-from source_checks import console_build_and_verify, iou as _iou, read_samples as _samples
+from source_checks import console_build_and_verify, iou as _iou, read_manifest as _manifest, read_samples as _samples
+from source_checks import skipped_totals as _stats
 
 TRAIN_SEQ, TEST_SEQ = "gBR_sBM_cAll_d04_mBR1_ch02", "gPO_sFM_cAll_d12_mPO3_ch08"
 GAPS = ["--min-gap-s", "0.1", "--max-gap-s", "0.4"]  # the fixture's sequences last 0.5 s
@@ -43,22 +42,6 @@ def _build(truth, out: Path, *extra: str, root: Path | None = None) -> int:
 
     return main(["build", "--source", "aist", "--root", str(root or truth["root"]), "--out", str(out),
                  "--local", "--quiet", "--num-pairs", "24", "--shard-size", "50", *GAPS, *extra])
-
-
-def _manifest(out: Path):
-    import pandas as pd
-
-    return pd.concat([pd.read_parquet(layout.manifest_path(out, n)) for n in layout.finished_shards(out)])
-
-
-def _stats(out: Path) -> dict:
-    skipped, units = {}, []
-    for n in layout.finished_shards(out):
-        s = json.loads(layout.stats_path(out, n).read_text())
-        for k, v in s.get("skipped", {}).items():
-            skipped[k] = skipped.get(k, 0) + v
-        units += s.get("skipped_units", [])
-    return {"skipped": skipped, "skipped_units": units}
 
 
 def _angle(truth, seq, cam_a, cam_b, frame) -> float:

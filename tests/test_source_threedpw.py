@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -11,11 +10,11 @@ import pytest
 
 from fixtures_threedpw import (CORRUPT_IMAGES, INVALID, MALFORMED_SEQ, MISSING_IMAGES, NO_2D, SHORT_SEQ,
                                make_threedpw_fixture, project)
-from manifests import layout
 from pairgen.real import crop as cropping
 from pairgen.real.types import BadUnit
 from smpl_fixture import make_smpl_file
-from source_checks import console_build_and_verify, iou as _iou, read_samples as _samples
+from source_checks import console_build_and_verify, iou as _iou, read_manifest as _manifest, read_samples as _samples
+from source_checks import skipped_totals as _stats
 
 TRAIN, TEST, VAL = "courtyard_walkPair_00", "downtown_walkPair_01", "outdoors_walkPair_02"
 GAPS = ["--min-gap-s", "0.1", "--max-gap-s", "0.5"]  # the fixture's sequences last 20 frames (0.67 s)
@@ -44,22 +43,6 @@ def _build(truth, out: Path, *extra: str, root: Path | None = None, n: int = 24)
 
     return main(["build", "--source", "3dpw", "--root", str(root or truth["root"]), "--out", str(out),
                  "--local", "--quiet", "--num-pairs", str(n), "--shard-size", "50", *GAPS, *extra])
-
-
-def _manifest(out: Path):
-    import pandas as pd
-
-    return pd.concat([pd.read_parquet(layout.manifest_path(out, n)) for n in layout.finished_shards(out)])
-
-
-def _stats(out: Path) -> dict:
-    skipped, units = {}, []
-    for n in layout.finished_shards(out):
-        s = json.loads(layout.stats_path(out, n).read_text())
-        for k, v in s.get("skipped", {}).items():
-            skipped[k] = skipped.get(k, 0) + v
-        units += s.get("skipped_units", [])
-    return {"skipped": skipped, "skipped_units": units}
 
 
 def _check_against_truth(truth, out: Path, S: int = 256) -> tuple[list[float], list[float]]:
