@@ -11,7 +11,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from pairgen.synthetic.body import (FOREARM, HAIR, SHIN, SHIRT, SHOES, SKIN, SLEEVE, TROUSERS)
+from pairgen.synthetic.body import (FOREARM, HAIR, SHIN, SHIRT, SHOES, SKIN, SLEEVE, TROUSERS,
+                                    cached_per_array)
 
 # Skin tones (sRGB), light to dark, from common cosmetic/Fitzpatrick-style reference swatches.
 SKIN_TONES = np.array([
@@ -102,14 +103,11 @@ _REGION_INDEX: dict[tuple, tuple] = {}
 
 def _region_index(regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(region of each texel, flat, >= 0; texel index) of a region map, cached per map."""
-    key = (regions.__array_interface__["data"][0], regions.shape)
-    hit = _REGION_INDEX.get(key)
-    if hit is None or hit[0] is not regions:
-        if len(_REGION_INDEX) >= 8:
-            _REGION_INDEX.clear()
+    def make():
         flat = np.clip(regions, 0, None).astype(np.int64).reshape(-1)
-        hit = _REGION_INDEX[key] = (regions, flat, np.arange(flat.size, dtype=np.int64))
-    return hit[1], hit[2]
+        return flat, np.arange(flat.size, dtype=np.int64)
+
+    return cached_per_array(_REGION_INDEX, regions, make)
 
 
 def random_outfit_texture(rng: np.random.Generator, regions: np.ndarray) -> tuple[np.ndarray, dict]:

@@ -65,6 +65,19 @@ def split_uv_topology(faces: np.ndarray, face_uv: np.ndarray) -> tuple[np.ndarra
     return uniq, inverse.reshape(faces.shape)
 
 
+def cached_per_array(store: dict, array: np.ndarray, make, *extra, limit: int = 8):
+    """``make()`` computed once per (array object, ``extra``): a cache for derived data of arrays
+    that live as long as a worker (faces, region maps, index arrays). The entry holds the array, so
+    its address, part of the key, cannot be reused by another array while cached."""
+    key = (array.__array_interface__["data"][0], array.shape, array.dtype.str, *extra)
+    hit = store.get(key)
+    if hit is None or hit[0] is not array:
+        if len(store) >= limit:
+            store.clear()
+        hit = store[key] = (array, make())
+    return hit[1]
+
+
 class _NormalOperator:
     """Per-topology state of :func:`vertex_normals`: face corner columns and the sparse [V, F]
     vertex-face incidence (each face adds its normal to its 3 vertices)."""
@@ -73,7 +86,6 @@ class _NormalOperator:
         from scipy.sparse import csr_matrix
 
         f = np.ascontiguousarray(faces, np.int64)
-        self.faces = faces  # keeps the keyed array alive, so its address cannot be reused
         self.corners = [np.ascontiguousarray(f[:, k]) for k in range(3)]
         rows = f.reshape(-1)
         cols = np.repeat(np.arange(len(f)), 3)
@@ -83,13 +95,7 @@ class _NormalOperator:
     def _incidence_rows(self, rows: np.ndarray | None):
         if rows is None:
             return self.incidence
-        key = (rows.__array_interface__["data"][0], rows.shape)
-        hit = self._gathered.get(key)
-        if hit is None or hit[0] is not rows:
-            if len(self._gathered) >= 4:
-                self._gathered.clear()
-            hit = self._gathered[key] = (rows, self.incidence[rows])  # keeps ``rows`` alive
-        return hit[1]
+        return cached_per_array(self._gathered, rows, lambda: self.incidence[rows], limit=4)
 
     def __call__(self, v: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         i0, i1, i2 = self.corners
@@ -108,19 +114,14 @@ class _NormalOperator:
         return n.astype(np.float32, copy=False)
 
 
-_NORMAL_OPS: dict[tuple, _NormalOperator] = {}
+_NORMAL_OPS: dict[tuple, tuple] = {}
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     """Area-weighted vertex normals [V, 3] of one mesh (float32); with ``rows``, only those
     vertices' normals (= ``vertex_normals(vertices, faces)[rows]``, without computing the rest)."""
     v = np.asarray(vertices, np.float32)
-    key = (faces.__array_interface__["data"][0], faces.shape, faces.dtype.str, len(v))
-    op = _NORMAL_OPS.get(key)
-    if op is None or op.faces is not faces:
-        if len(_NORMAL_OPS) >= 8:
-            _NORMAL_OPS.clear()
-        op = _NORMAL_OPS[key] = _NormalOperator(faces, len(v))
+    op = cached_per_array(_NORMAL_OPS, faces, lambda: _NormalOperator(faces, len(v)), len(v))
     return op(v, rows)
 
 
