@@ -11,6 +11,7 @@ import numpy as np
 
 from manifests import sample as fmt
 from manifests.schema import COLUMN_NAMES, manifest_row, validate_row
+from pairgen.memo import cached_per_array
 from pairgen.record import PairRecord
 
 PATCH = 16
@@ -31,15 +32,10 @@ class PairEncoder:
 
     def __init__(self, jpeg_quality: int = 95):
         self.jpeg_quality = jpeg_quality
-        self._memo: dict[tuple[str, int], tuple[np.ndarray, object]] = {}
+        self._memo: dict[tuple, tuple] = {}
 
     def _once(self, what: str, arr: np.ndarray, fn):
-        key = (what, id(arr))
-        hit = self._memo.get(key)
-        if hit is None or hit[0] is not arr:
-            hit = (arr, fn(arr))
-            self._memo[key] = hit
-        return hit[1]
+        return cached_per_array(self._memo, arr, lambda: fn(arr), what, limit=None)
 
     def jpeg(self, img: np.ndarray) -> bytes:
         return self._once("jpeg", img, lambda a: fmt.encode_jpeg(a, self.jpeg_quality))

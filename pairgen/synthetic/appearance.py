@@ -11,8 +11,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from pairgen.synthetic.body import (FOREARM, HAIR, SHIN, SHIRT, SHOES, SKIN, SLEEVE, TROUSERS,
-                                    cached_per_array)
+from pairgen.memo import cached_per_array
+from pairgen.synthetic.body import (FOREARM, HAIR, SHIN, SHIRT, SHOES, SKIN, SLEEVE, TROUSERS)
 
 # Skin tones (sRGB), light to dark, from common cosmetic/Fitzpatrick-style reference swatches.
 SKIN_TONES = np.array([

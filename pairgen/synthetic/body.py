@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+
 import numpy as np
 
+from pairgen.memo import cached_per_array
 from pairgen.synthetic.rig import AnnyRig
 
 # Clothing regions, by the bone that dominates a vertex's skinning.
@@ -63,19 +65,6 @@ def split_uv_topology(faces: np.ndarray, face_uv: np.ndarray) -> tuple[np.ndarra
     pairs = np.stack([faces.reshape(-1), face_uv.reshape(-1)], axis=1)
     uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
     return uniq, inverse.reshape(faces.shape)
-
-
-def cached_per_array(store: dict, array: np.ndarray, make, *extra, limit: int = 8):
-    """``make()`` computed once per (array object, ``extra``): a cache for derived data of arrays
-    that live as long as a worker (faces, region maps, index arrays). The entry holds the array, so
-    its address, part of the key, cannot be reused by another array while cached."""
-    key = (array.__array_interface__["data"][0], array.shape, array.dtype.str, *extra)
-    hit = store.get(key)
-    if hit is None or hit[0] is not array:
-        if len(store) >= limit:
-            store.clear()
-        hit = store[key] = (array, make())
-    return hit[1]
 
 
 class _NormalOperator:
