@@ -139,8 +139,12 @@ def _json_default(obj: Any) -> Any:
 
 
 def encode_meta(meta: Mapping[str, Any]) -> bytes:
-    """Canonical JSON bytes (sorted keys, no whitespace) so equal metadata gives equal bytes."""
-    return json.dumps(meta, sort_keys=True, separators=(",", ":"), default=_json_default).encode()
+    """Canonical JSON bytes (sorted keys, no whitespace, UTF-8) so equal metadata gives equal bytes.
+    Non-finite floats are written as null (strict JSON: every parser reads it)."""
+    import orjson
+
+    return orjson.dumps(meta, default=_json_default,
+                        option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
 
 
 def encode_sample(

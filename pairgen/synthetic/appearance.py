@@ -59,55 +59,59 @@ def pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return yy, xx
 
 
+PATTERNS = ("solid", "stripes", "checks", "noise")
+PATTERN_CDF = np.cumsum([0.4, 0.25, 0.15, 0.2])
+
+
 def _pattern(rng: np.random.Generator, size: int, base: np.ndarray) -> np.ndarray:
-    """One clothing pattern [size, size, 3] float32 in 0..255."""
-    kind = rng.choice(["solid", "stripes", "checks", "noise"], p=[0.4, 0.25, 0.15, 0.2])
-    img = np.broadcast_to(base, (size, size, 3)).astype(np.float32)
+    """One clothing pattern [size, size, 3] float32 in 0..255 (a solid colour is a read-only
+    broadcast of ``base``: a constant layer)."""
+    kind = PATTERNS[min(int(np.searchsorted(PATTERN_CDF, rng.random(), side="right")), len(PATTERNS) - 1)]
     if kind == "solid":
-        return img.copy()
+        return np.broadcast_to(base, (size, size, 3))
+    img = np.broadcast_to(base, (size, size, 3))
     other = rng.uniform(0, 255, 3).astype(np.float32)
     yy, xx = pixel_grid(size)
     if kind == "stripes":
         period = rng.uniform(3, 14)  # in half-resolution texels
         ang = rng.uniform(0, np.pi)
-        coord = xx * np.cos(ang) + yy * np.sin(ang)
-        frac = coord * (1.0 / period)
+        coord = xx * np.float32(np.cos(ang)) + yy * np.float32(np.sin(ang))
+        frac = coord * np.float32(1.0 / period)
         frac -= np.floor(frac)  # = mod(coord, period) / period, without np.mod's slow float path
         mask = (frac < rng.uniform(0.3, 0.6))[..., None]
         return np.where(mask, other, img)
     if kind == "checks":
-        period = rng.uniform(4, 16)
-        mask = ((np.floor(xx / period) + np.floor(yy / period)) % 2 == 0)[..., None]
-        return np.where(mask, 0.5 * (other + img), img)
+        inv = np.float32(1.0 / rng.uniform(4, 16))
+        mask = ((np.floor(xx * inv).astype(np.int32) + np.floor(yy * inv).astype(np.int32)) & 1) == 0
+        return np.where(mask[..., None], 0.5 * (other + base), img)
     noise = smooth_noise(rng, size, octaves=3)[..., None]
     return img * (0.7 + 0.6 * noise)
 
 
 def smooth_noise(rng: np.random.Generator, size: int, octaves: int = 4) -> np.ndarray:
-    """Fractal value noise in [0, 1], [size, size] float32."""
+    """Fractal value noise in [0, 1], [size, size] float32: random grids of 4, 8, 16... cells with
+    halving amplitudes, summed coarse to fine (the running sum is upsampled 2x and the next octave
+    added), then one cubic upsampling to ``size``."""
     import cv2
 
-    acc = np.zeros((size, size), np.float32)
-    for o in range(octaves):
-        cells = 2 ** (o + 2)
-        grid = rng.random((cells, cells), dtype=np.float32) * np.float32(1.0 / 2 ** o)
-        acc += cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
+    acc = rng.random((4, 4), dtype=np.float32)
+    for o in range(1, octaves):
+        cells = 4 << o
+        acc = cv2.resize(acc, (cells, cells), interpolation=cv2.INTER_CUBIC)
+        acc += rng.random((cells, cells), dtype=np.float32) * np.float32(1.0 / 2 ** o)
+    acc = cv2.resize(acc, (size, size), interpolation=cv2.INTER_CUBIC)
     lo, hi = cv2.minMaxLoc(acc)[:2]
     acc -= lo
     acc *= 1.0 / (hi - lo + 1e-6)
     return np.clip(acc, 0, 1, out=acc)
 
 
-_REGION_INDEX: dict[tuple, tuple] = {}
+_REGION_U8: dict[tuple, tuple] = {}
 
 
-def _region_index(regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(region of each texel, flat, >= 0; texel index) of a region map, cached per map."""
-    def make():
-        flat = np.clip(regions, 0, None).astype(np.int64).reshape(-1)
-        return flat, np.arange(flat.size, dtype=np.int64)
-
-    return cached_per_array(_REGION_INDEX, regions, make)
+def _region_u8(regions: np.ndarray) -> np.ndarray:
+    """The region map as uint8 (unused texels -> region 0), for cv2.LUT; cached per map."""
+    return cached_per_array(_REGION_U8, regions, lambda: np.clip(regions, 0, None).astype(np.uint8))
 
 
 def random_outfit_texture(rng: np.random.Generator, regions: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -128,7 +132,7 @@ def random_outfit_texture(rng: np.random.Generator, regions: np.ndarray) -> tupl
     layers = {SKIN: skin_img, SHIRT: shirt, SLEEVE: shirt, FOREARM: shirt if long_sleeves else skin_img,
               TROUSERS: trousers, SHIN: trousers if long_trousers else skin_img, SHOES: shoes,
               HAIR: skin_img if bald else hair}
-    # one gather: texel -> index of its region's layer among the distinct layer images
+    # the distinct layer images, and which one each region takes
     distinct: list[np.ndarray] = []
     layer_of_region = np.zeros(max(layers) + 1, np.int64)
     for reg, layer in layers.items():
@@ -139,22 +143,23 @@ def random_outfit_texture(rng: np.random.Generator, regions: np.ndarray) -> tupl
             distinct.append(layer)
             i = len(distinct) - 1
         layer_of_region[reg] = i
-    # Each distinct layer is upsampled as RGBA (fast 4-channel path; a solid colour is filled as one
-    # packed value), then each texel takes its layer's pixel as one uint32 gather.
-    n = len(distinct)
-    big = np.empty((n, size, size, 4), np.uint8)
+    # Solid colours are painted through a palette lookup (one packed RGBA value per region); each
+    # image layer is upsampled once (4-channel fast path) and copied onto its regions' texels.
+    region = _region_u8(regions)
+    palette = np.zeros((256, 4), np.uint8)
+    images = []
     for i, d in enumerate(distinct):
-        d = np.asarray(d)
-        if d.strides[:2] == (0, 0):  # a broadcast colour
-            rgba = np.append(np.clip(d[0, 0], 0, 255).astype(np.uint8), np.uint8(255))
-            big[i].view(np.uint32)[...] = rgba.view(np.uint32)[0]
-        else:  # layers are >= 0: convertScaleAbs is a saturating cast to uint8
-            small = cv2.cvtColor(cv2.convertScaleAbs(d), cv2.COLOR_RGB2RGBA)
-            cv2.resize(small, (size, size), dst=big[i], interpolation=cv2.INTER_LINEAR)
-    region_flat, texel_base = _region_index(regions)
-    texel = np.take(layer_of_region * (size * size), region_flat)
-    texel += texel_base
-    tex = np.take(big.view(np.uint32).reshape(-1), texel).view(np.uint8).reshape(size, size, 4)[..., :3]
+        if np.asarray(d).strides[:2] == (0, 0):
+            palette[np.flatnonzero(layer_of_region == i), :3] = np.clip(np.asarray(d)[0, 0], 0, 255)
+        else:
+            images.append(i)
+    tex = cv2.LUT(region, palette.view(np.int32).reshape(-1)).view(np.uint8).reshape(size, size, 4)
+    for i in images:  # layers are >= 0: convertScaleAbs is a saturating cast to uint8
+        small = cv2.cvtColor(cv2.convertScaleAbs(np.asarray(distinct[i])), cv2.COLOR_RGB2RGBA)
+        pick = np.zeros(256, np.uint8)
+        pick[np.flatnonzero(layer_of_region == i)] = 1
+        cv2.copyTo(cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR), cv2.LUT(region, pick), tex)
+    tex = tex[..., :3]
     desc = {"skin_rgb": [round(float(c), 1) for c in skin], "long_sleeves": long_sleeves,
             "long_trousers": long_trousers, "bald": bald}
     return tex, desc

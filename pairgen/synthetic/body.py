@@ -6,7 +6,8 @@ before the global yaw, +X = the person's left):
     body.forward(phenotypes [B, P], angles [B, D], yaw [B]) -> Posed(vertices [B, V, 3],
                                                                   keypoints [B, 17, 3])
 
-plus the render topology (``faces``, ``uv``, ``split_index``: vertices split per UV corner)
+plus the render topology (``faces``, ``uv``, ``split_index``: vertices split per UV corner;
+``surface(vertices) -> (positions, normals)`` of the split vertices, the renderer's input)
 and ``regions``: a clothing region per split vertex (see :mod:`pairgen.synthetic.appearance`).
 """
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from pairgen.memo import cached_per_array
 from pairgen.synthetic.rig import AnnyRig
+from pairgen.synthetic.kernels import Skinning, SparseRegressor, SplitSurface
 
 # Clothing regions, by the bone that dominates a vertex's skinning.
 SKIN, SHIRT, SLEEVE, FOREARM, TROUSERS, SHIN, SHOES, HAIR = range(8)
@@ -149,6 +151,10 @@ class AnnyBody:
         self.split_index = uniq[:, 0]
         self.uv = uv[uniq[:, 1]].copy()  # GL texture coordinates (v grows upwards)
         self.regions = self._regions()[self.split_index]
+        self.n_vertices = len(self.model.template_vertices)
+        self.skinning = Skinning(self.model.vertex_bone_weights.numpy(), self.model.vertex_bone_indices.numpy())
+        self.keypoints = SparseRegressor(self.kp_regressor.regression_weights[self.kp_index].numpy())
+        self.surface = SplitSurface(self.mesh_faces, self.split_index, self.n_vertices)
 
     def _regions(self) -> np.ndarray:
         """Clothing region per mesh vertex from the dominant skinning bone (and its height)."""
@@ -190,16 +196,20 @@ class AnnyBody:
 
     @_no_grad
     def forward(self, phenotypes: np.ndarray, angles: np.ndarray, yaw: np.ndarray) -> Posed:
+        """anny's forward pass, with each distinct body shaped once (a cross-pose pair poses one body
+        twice), sparse skinning with the yaw folded in, and the 17 keypoint rows regressed sparsely.
+        Equals ``model(pose, phenotypes)`` rotated by the yaw, up to float rounding (tested)."""
         torch = self._torch
-        pheno = {n: torch.as_tensor(phenotypes[:, i], dtype=torch.float32) for i, n in enumerate(PHENOTYPES)}
+        m = self.model
+        uniq, body = np.unique(np.asarray(phenotypes, np.float64), axis=0, return_inverse=True)
+        pheno = {n: torch.as_tensor(uniq[:, i], dtype=torch.float32) for i, n in enumerate(PHENOTYPES)}
+        _, pheno_t, local, facial = m.get_tensor_inputs(None, pheno, None, None)
+        rest = m.get_rest_model(m._get_phenotype_blendshape_coefficients(pheno_t, local, facial))
+        body = body.reshape(-1)
         pose = torch.as_tensor(self.rig.pose_parameters(angles), dtype=torch.float32)
-        out = self.model(pose_parameters=pose, phenotype_kwargs=pheno)
-        verts = out["vertices"]
-        kps = self.kp_regressor(out)[:, self.kp_index]
-        R = torch.as_tensor(_yaw_matrices(yaw), dtype=torch.float32)
-        verts = (verts @ R.transpose(1, 2)).numpy()
-        kps = (kps @ R.transpose(1, 2)).numpy()
-        return Posed(verts.astype(np.float32), kps.astype(np.float32))
+        transforms, _ = m.get_bone_transforms(pose, rest["rest_bone_poses"][torch.as_tensor(body)])
+        verts = self.skinning(rest["rest_vertices"].numpy(), body, transforms.numpy(), _yaw_matrices(yaw))
+        return Posed(verts, self.keypoints(verts))
 
 
 def _yaw_matrices(yaw: np.ndarray) -> np.ndarray:

@@ -14,7 +14,6 @@ import numpy as np
 
 from pairgen.record import PairRecord
 from pairgen.synthetic import appearance, background, camera as cam
-from pairgen.synthetic.body import vertex_normals
 from pairgen.synthetic.motions import sample_clip
 from pairgen.synthetic.gl import GLBodyRenderer
 from pairgen.synthetic.render import Camera
@@ -74,7 +73,7 @@ class SyntheticGenerator:
         px = np.clip(uv, 0, S - 1).astype(np.int64)
         d = depth[px[:, 1], px[:, 0]]
         vis = np.where(inside, np.where((d > 0) & (z <= d + KEYPOINT_DEPTH_TOLERANCE_M), 2, 1), 0)
-        kps = [[round(float(u), 3), round(float(v), 3), int(f)] for (u, v), f in zip(uv, vis)]
+        kps = [[u, v, f] for (u, v), f in zip(np.round(uv.astype(np.float64), 3).tolist(), vis.tolist())]
         depth_mm = (depth * 1000.0 + 0.5).astype(np.uint16)  # depth <= FAR (60 m): no overflow
         return image, mask * np.uint8(255), depth_mm, kps
 
@@ -162,10 +161,8 @@ class SyntheticGenerator:
             bgs = [bg, bg]
             meshes, joints = [verts[0], verts[1]], [kp3d[0], kp3d[1]]
 
-        idx = self.body.split_index
-        normals = [vertex_normals(m, self.body.mesh_faces, idx) for m in ((meshes[0],) if kind == "cross_view" else meshes)]
-        split = [m[idx] for m in ((meshes[0],) if kind == "cross_view" else meshes)]
-        views = [(split[0], normals[0], cams[0]), (split[-1], normals[-1], cams[1])]
+        surfaces = [self.body.surface(m) for m in ((meshes[0],) if kind == "cross_view" else meshes)]
+        views = [(*surfaces[0], cams[0]), (*surfaces[-1], cams[1])]
         rendered = self.renderer.render(views, texture, ambient, lights)
         out = [self._finish(*rendered[i], cams[i], bgs[i][0], joints[i]) for i in range(2)]
         S = s.image_size

@@ -20,6 +20,7 @@ import numpy as np
 from pairgen.synthetic.body import (FOREARM, HAIR, SHIN, SHIRT, SHOES, SKIN, SLEEVE, TROUSERS, Posed, _no_grad,
                                    _yaw_matrices)
 from pairgen.synthetic.rig import DOF_INDEX, DOF_NAMES, axis_angle_to_matrix, _mirror_axis
+from pairgen.synthetic.kernels import SplitSurface
 
 M = np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]])  # smpl -> world
 A_POSE_ARM_DROP = 0.862  # radians below horizontal of anny's rest arms (the rig's zero)
@@ -57,6 +58,8 @@ class SmplBody:
         self.mesh_faces = faces
         self.faces = faces
         self.split_index = np.arange(len(self.rest_vertices))
+        self.n_vertices = len(self.rest_vertices)
+        self.surface = SplitSurface(self.mesh_faces, self.split_index, self.n_vertices)
         w = self.model.lbs_weights.numpy()
         vert_regions = np.array([JOINT_REGION[j] for j in w.argmax(1)])
         head = vert_regions == HAIR
