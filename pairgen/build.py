@@ -64,15 +64,17 @@ def prepare_output(config: BuildConfig) -> Path:
 def build_shard(worker: SourceWorker, task: ShardTask, config: BuildConfig) -> dict:
     """Run one shard end to end inside a worker; returns its stats."""
     t0 = time.time()
-    result = worker.build(task)
     name = layout.shard_name(task.source, task.index)
     samples, rows = [], []
     encoder = PairEncoder(config.jpeg_quality)  # a crop shared by several pairs is encoded once
-    for i, record in enumerate(result.pairs):
-        key = sample_key(task.source, task.index, i)
+
+    def encode(record) -> None:  # each pair as the worker makes it (its arrays still in cache)
+        key = sample_key(task.source, task.index, len(samples))
         members, row = encoder.encode(record, key, name)
         samples.append((key, members))
         rows.append(row)
+
+    result = worker.build_into(task, encode)
     kinds = Counter(r["kind"] for r in rows)
     stats = {
         "source": task.source, "index": task.index, "planned": task.planned, "seed": config.seed,

@@ -134,21 +134,21 @@ def test_failed_shard_is_recorded_and_resumed(tmp_path, monkeypatch):
     from pairgen.config import BuildConfig
     from pairgen.sources import synthetic
 
-    real_build = synthetic.SyntheticWorker.build
+    real_build = synthetic.SyntheticWorker.build_into
 
-    def flaky(self, task):
+    def flaky(self, task, sink):
         if task.index == 1:
             raise RuntimeError("injected fault in shard 1")
-        return real_build(self, task)
+        return real_build(self, task, sink)
 
-    monkeypatch.setattr(synthetic.SyntheticWorker, "build", flaky)
+    monkeypatch.setattr(synthetic.SyntheticWorker, "build_into", flaky)
     cfg = BuildConfig(out=str(tmp_path / "o"), num_pairs=6, shard_size=2, seed=1, local=True, retries=1)
     summary = run_build(cfg, progress=False)
     assert summary["shards_failed"] == ["synthetic-000001.tar"]
     assert summary["pairs_built"] == 4
     fail = json.loads((tmp_path / "o" / "failures-synthetic.json").read_text())
     assert fail["failed"][0]["attempts"] == 2 and "injected fault" in fail["failed"][0]["error"]
-    monkeypatch.setattr(synthetic.SyntheticWorker, "build", real_build)
+    monkeypatch.setattr(synthetic.SyntheticWorker, "build_into", real_build)
     summary = run_build(cfg, progress=False)
     assert summary["shards_built"] == 1 and not summary["failures"]
     assert not (tmp_path / "o" / "failures-synthetic.json").exists()

@@ -2,17 +2,18 @@
 
 The driver calls :meth:`Source.plan` once (cheap, deterministic given the config: it lists work
 units and mines pairs), then each worker builds a :class:`SourceWorker` once (expensive state:
-body model, renderer, decoders) and calls :meth:`SourceWorker.build` per shard task. Readers never
+body model, renderer, decoders) and calls :meth:`SourceWorker.build_into` per shard task. Readers never
 write: the encoder and writer turn what ``build`` returns into shards.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Callable
 from dataclasses import dataclass, field
 
 from pairgen.config import BuildConfig
-from pairgen.record import ShardResult
+from pairgen.record import PairRecord, ShardResult
 
 
 @dataclass
@@ -29,6 +30,19 @@ class SourceWorker(ABC):
     @abstractmethod
     def build(self, task: ShardTask) -> ShardResult:
         """Build the pairs of one shard, deterministically from the task alone."""
+
+    def build_into(self, task: ShardTask, sink: Callable[[PairRecord], None]) -> ShardResult:
+        """Build the shard handing each pair to ``sink``, in order; the result's ``pairs`` is empty.
+
+        A worker that overrides this hands each pair over as soon as it is made, so the encoder
+        reads its arrays while they are still in the CPU caches (and a shard's images are never
+        all in memory at once). The default builds the whole shard first.
+        """
+        result = self.build(task)
+        for record in result.pairs:
+            sink(record)
+        result.pairs = []
+        return result
 
 
 class Source(ABC):

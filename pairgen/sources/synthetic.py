@@ -47,18 +47,24 @@ class SyntheticWorker(SourceWorker):
         self.generator.make_pairs(config.seed, [0, 1])
 
     def build(self, task: ShardTask) -> ShardResult:
+        pairs = []
+        result = self.build_into(task, pairs.append)
+        result.pairs = pairs
+        return result
+
+    def build_into(self, task: ShardTask, sink) -> ShardResult:
         from pairgen.synthetic.generator import RetryPair
 
         result = ShardResult(pairs=[])
         indices = list(range(task.payload["start"], task.payload["stop"]))
-        for index, first in self.generator.make_pairs(self.config.seed, indices):
+        for index, first in self.generator.iter_pairs(self.config.seed, indices):
             if not isinstance(first, Exception):
-                result.pairs.append(first)
+                sink(first)
                 continue
             result.skip(f"redrawn: {first}", unit=f"pair{index}/attempt0")
             for attempt in range(1, MAX_ATTEMPTS):
                 try:
-                    result.pairs.append(self.generator.make_pair(self.config.seed, index, attempt))
+                    sink(self.generator.make_pair(self.config.seed, index, attempt))
                     break
                 except (RetryPair, ValueError) as exc:  # a bad draw (camera fit, static poses)
                     result.skip(f"redrawn: {exc}", unit=f"pair{index}/attempt{attempt}")

@@ -87,7 +87,11 @@ class SyntheticGenerator:
     def make_pairs(self, seed: int, indices: list[int], batch: int = 32) -> list[tuple[int, PairRecord | Exception]]:
         """First attempts of many pairs, with the body model run in batches (same bytes as one by one
         for a given shard: the batches depend only on the indices)."""
-        out = []
+        return list(self.iter_pairs(seed, indices, batch))
+
+    def iter_pairs(self, seed: int, indices: list[int], batch: int = 32):
+        """:meth:`make_pairs`, yielding each ``(index, record or the exception of a bad draw)`` as
+        soon as it is made."""
         n_batches = max(1, -(-len(indices) // batch))
         bounds = np.linspace(0, len(indices), n_batches + 1).round().astype(int)  # equal sizes: 100 -> 4 x 25
         for b0, b1 in zip(bounds[:-1], bounds[1:]):
@@ -99,11 +103,11 @@ class SyntheticGenerator:
             for sp in specs:
                 n = len(sp["times"])
                 try:
-                    out.append((sp["index"], self._compose(sp, posed.vertices[row:row + n], posed.keypoints[row:row + n])))
+                    made = self._compose(sp, posed.vertices[row:row + n], posed.keypoints[row:row + n])
                 except (RetryPair, ValueError) as exc:
-                    out.append((sp["index"], exc))
+                    made = exc
+                yield sp["index"], made
                 row += n
-        return out
 
     def _draw(self, seed: int, index: int, attempt: int) -> dict:
         """Everything drawn before the body model runs: kind, body, motion, instants."""
