@@ -178,9 +178,9 @@ def encode_sample(
         META_JSON: encode_meta(meta),
     }
     if target_depth is not None:
-        members[TARGET_DEPTH] = encode_png(target_depth.astype(np.uint16))
+        members[TARGET_DEPTH] = encode_png(np.asarray(target_depth, np.uint16))
     if reference_depth is not None:
-        members[REFERENCE_DEPTH] = encode_png(reference_depth.astype(np.uint16))
+        members[REFERENCE_DEPTH] = encode_png(np.asarray(reference_depth, np.uint16))
     return members
 
 
