@@ -69,3 +69,26 @@ def test_schema_types_and_validation():
     with pytest.raises(ValueError, match="unknown manifest columns"):
         schema.rows_to_table([{**_row(), "colour": 1}])
     assert all(schema.COLUMN_DOCS[c] or c.startswith("crop_") for c in schema.COLUMN_NAMES)
+
+
+@pytest.mark.parametrize("isal", [True, False])
+def test_gray_pngs_decode_exactly_with_either_deflate(isal, monkeypatch):
+    """Silhouettes (8-bit) and depth (16-bit) PNGs, deflated by ISA-L or by the zlib fallback,
+    decode to the same arrays with OpenCV and Pillow (what webdataset's decoders use)."""
+    import io
+
+    from PIL import Image
+
+    if not isal:
+        monkeypatch.setattr(sample, "_ISAL", None)
+    elif sample._ISAL is None:
+        pytest.skip("isal not installed")
+    rng = np.random.default_rng(1)
+    depth = np.zeros((48, 40), np.uint16)
+    depth[10:30, 5:35] = rng.integers(1500, 9000, (20, 30))
+    mask = np.where(depth > 0, 255, 0).astype(np.uint8)
+    for arr in (depth, mask, rng.integers(0, 65535, (7, 3), dtype=np.uint16), np.zeros((1, 1), np.uint8)):
+        data = sample.encode_png(arr)
+        assert sample.read_png_size(data) == (arr.shape[1], arr.shape[0])
+        assert np.array_equal(sample.decode_png(data), arr)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))).astype(arr.dtype), arr)
