@@ -166,12 +166,59 @@ def decode_png(data: bytes) -> np.ndarray:
     """Array from PNG bytes, keeping bit depth (uint8 or uint16) and channels (RGB order)."""
     import cv2
 
+    arr = decode_gray_png(data)
+    if arr is not None:
+        return arr
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise ValueError("corrupt PNG")
     if arr.ndim == 3:
         arr = arr[..., ::-1].copy()
     return arr
+
+
+def decode_gray_png(data: bytes) -> np.ndarray | None:
+    """Fast path for what :func:`encode_png` writes for silhouettes and depth: a non-interlaced
+    8/16-bit greyscale PNG whose rows all use filter "none" or all "up". Inflated by ISA-L where
+    installed (2-3x faster than libpng's zlib: ~30 instead of ~70 us for a 256x256 mask). Returns
+    None for any other PNG (the caller decodes it in full); raises ValueError on a corrupt stream.
+    """
+    if data[:8] != PNG_SIGNATURE:
+        return None
+    pos, end, header, parts = 8, len(data), None, []
+    while pos + 8 <= end:
+        n = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", data[pos + 8:pos + 21])
+        elif kind == b"IDAT":
+            parts.append(data[pos + 8:pos + 8 + n])
+        elif kind == b"IEND":
+            break
+        pos += 12 + n
+    if header is None or not parts:
+        return None
+    w, h, depth, colour, compression, filtering, interlace = header
+    if colour != 0 or depth not in (8, 16) or compression or filtering or interlace:
+        return None
+    row = w * depth // 8 + 1
+    try:
+        raw = (_ISAL or zlib).decompress(b"".join(parts))
+    except Exception as exc:  # zlib.error / isal's IsalError  # noqa: BLE001
+        raise ValueError(f"corrupt PNG: {exc}") from exc
+    if len(raw) != h * row:
+        raise ValueError("corrupt PNG: image data of the wrong size")
+    rows = np.frombuffer(raw, np.uint8).reshape(h, row)
+    filters = rows[:, 0]
+    if not filters.any():
+        px = rows[:, 1:].copy()
+    elif (filters == 2).all():  # "up": a running sum down each column, mod 256
+        px = np.cumsum(rows[:, 1:], axis=0, dtype=np.uint8)
+    else:
+        return None
+    if depth == 16:
+        return px.view(">u2").astype(np.uint16)
+    return px
 
 
 def _json_default(obj: Any) -> Any:

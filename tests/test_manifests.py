@@ -92,3 +92,25 @@ def test_gray_pngs_decode_exactly_with_either_deflate(isal, monkeypatch):
         assert sample.read_png_size(data) == (arr.shape[1], arr.shape[0])
         assert np.array_equal(sample.decode_png(data), arr)
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))).astype(arr.dtype), arr)
+
+
+def test_gray_png_fast_decoder_takes_only_what_it_can():
+    import cv2
+
+    rng = np.random.default_rng(2)
+    mask = rng.integers(0, 256, (40, 24)).astype(np.uint8)
+    depth = rng.integers(0, 65535, (40, 24)).astype(np.uint16)
+    for arr in (mask, depth):
+        fast = sample.decode_gray_png(sample.encode_png(arr))
+        assert fast is not None and fast.dtype == arr.dtype and np.array_equal(fast, arr) and fast.flags.writeable
+    adaptive = cv2.imencode(".png", mask)[1].tobytes()  # libpng picks a filter per row: maybe not ours
+    got = sample.decode_gray_png(adaptive)
+    assert got is None or np.array_equal(got, mask)
+    assert np.array_equal(sample.decode_png(adaptive), mask)
+    rgb = rng.integers(0, 256, (5, 6, 3)).astype(np.uint8)
+    assert sample.decode_gray_png(sample.encode_png(rgb)) is None
+    assert sample.decode_gray_png(b"not a png") is None
+    broken = bytearray(sample.encode_png(mask))
+    broken[45:60] = bytes(15)  # inside the deflate stream
+    with pytest.raises(ValueError, match="corrupt PNG"):
+        sample.decode_gray_png(bytes(broken))
