@@ -119,9 +119,10 @@ def random_outfit_texture(rng: np.random.Generator, regions: np.ndarray) -> tupl
     import cv2
 
     size = regions.shape[0]
-    half = max(16, size // 2)  # patterns are drawn at half resolution, upsampled once
+    half = max(16, size // 2)  # clothing patterns are drawn at half resolution, upsampled once
     skin = SKIN_TONES[rng.integers(len(SKIN_TONES))] * rng.uniform(0.92, 1.08)
-    skin_img = np.broadcast_to(skin, (half, half, 3)) * (0.95 + 0.1 * smooth_noise(rng, half, 2)[..., None])
+    low = max(16, size // 4)  # the skin's mottling is 2 octaves (4 and 8 cells): a quarter resolution holds it
+    skin_img = np.broadcast_to(skin, (low, low, 3)) * (0.95 + 0.1 * smooth_noise(rng, low, 2)[..., None])
     long_sleeves = bool(rng.random() < 0.5)
     long_trousers = bool(rng.random() < 0.7)
     shirt = _pattern(rng, half, rng.uniform(0, 255, 3).astype(np.float32))

@@ -40,18 +40,19 @@ def procedural_background(rng: np.random.Generator, size: int) -> np.ndarray:
         planes = [np.where(band, p * (1 - mix) + float(tint[c]), p) for c, p in enumerate(planes)]
     img = cv2.convertScaleAbs(cv2.merge(planes))  # values >= 0: a saturating cast to uint8
     img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
-    for _ in range(int(rng.integers(0, 8))):
-        colour = tuple(float(c) for c in rng.uniform(0, 255, 3))
-        x, y = (int(v) for v in rng.integers(0, size, 2))
-        r = int(rng.integers(size // 20, size // 4))
-        shape = rng.integers(3)
+    n_shapes = int(rng.integers(0, 8))  # every shape parameter drawn at once (one generator call each)
+    colours = [tuple(c) for c in rng.uniform(0, 255, (n_shapes, 3)).tolist()]
+    points = rng.integers(0, size, (n_shapes, 4)).tolist()
+    radii = rng.integers(size // 20, size // 4, n_shapes).tolist()
+    kinds = rng.integers(3, size=n_shapes).tolist()
+    widths = rng.integers(1, 6, n_shapes).tolist()
+    for colour, (x, y, x2, y2), r, shape, width in zip(colours, points, radii, kinds, widths):
         if shape == 0:
             cv2.circle(img, (x, y), r, colour, -1, lineType=cv2.LINE_AA)
         elif shape == 1:
             cv2.rectangle(img, (x - r, y - r // 2), (x + r, y + r // 2), colour, -1)
         else:
-            x2, y2 = (int(v) for v in rng.integers(0, size, 2))
-            cv2.line(img, (x, y), (x2, y2), colour, int(rng.integers(1, 6)), lineType=cv2.LINE_AA)
+            cv2.line(img, (x, y), (x2, y2), colour, width, lineType=cv2.LINE_AA)
     return img
 
 
