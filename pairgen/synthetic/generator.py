@@ -84,16 +84,16 @@ class SyntheticGenerator:
         posed = self.body.forward(spec["phenotypes"], spec["angles"], spec["yaw"])
         return self._compose(spec, posed.vertices, posed.keypoints)
 
-    def make_pairs(self, seed: int, indices: list[int], batch: int = 64) -> list[tuple[int, PairRecord | Exception]]:
+    def make_pairs(self, seed: int, indices: list[int], batch: int = 128) -> list[tuple[int, PairRecord | Exception]]:
         """First attempts of many pairs, with the body model run in batches (same bytes as one by one
         for a given shard: the batches depend only on the indices)."""
         return list(self.iter_pairs(seed, indices, batch))
 
-    def iter_pairs(self, seed: int, indices: list[int], batch: int = 64):
+    def iter_pairs(self, seed: int, indices: list[int], batch: int = 128):
         """:meth:`make_pairs`, yielding each ``(index, record or the exception of a bad draw)`` as
         soon as it is made."""
         n_batches = max(1, -(-len(indices) // batch))
-        bounds = np.linspace(0, len(indices), n_batches + 1).round().astype(int)  # equal sizes: 100 -> 2 x 50
+        bounds = np.linspace(0, len(indices), n_batches + 1).round().astype(int)  # equal sizes: 500 -> 4 x 125
         for b0, b1 in zip(bounds[:-1], bounds[1:]):
             specs = [self._draw(seed, i, 0) for i in indices[b0:b1]]
             posed = self.body.forward(np.concatenate([sp["phenotypes"] for sp in specs]),
