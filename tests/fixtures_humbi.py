@@ -95,7 +95,6 @@ def make_humbi_fixture(root: Path, body, *, subjects=SUBJECTS, cameras=CAMERAS, 
     import simplejpeg
 
     from pairgen.synthetic import appearance, background
-    from pairgen.synthetic.body import vertex_normals
     from pairgen.synthetic.gl import GLBodyRenderer
     from pairgen.synthetic.motions import sample_clip
 
@@ -134,14 +133,12 @@ def make_humbi_fixture(root: Path, body, *, subjects=SUBJECTS, cameras=CAMERAS, 
             body_dir.mkdir(parents=True, exist_ok=True)
             write_camera_files(body_dir, cams)
             gt = {"cameras": cams, "masks": {}, "joints": {}, "centre": {}, "vertices": {}}
-            idx = body.split_index
             for fi, fr in enumerate(frames):
                 verts = posed.vertices[fi].astype(np.float64)
                 lift = np.array([0.0, 0.0, -verts[:, 2].min()]) + pos[fi]
                 verts = verts + lift
                 kps = posed.keypoints[fi].astype(np.float64) + lift
-                normals = vertex_normals(verts, body.mesh_faces)[idx]
-                split = verts[idx]
+                split, normals = body.surface(verts)
                 rendered = renderer.render([(split, normals, c) for c in cams.values()], texture, ambient, lights)
                 fdir = body_dir / f"{fr:08d}"
                 (fdir / "image").mkdir(parents=True, exist_ok=True)

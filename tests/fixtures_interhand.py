@@ -200,7 +200,6 @@ def make_interhand_fixture(root, body, frames: int = 8, val_frames: int = 6, fau
     import torch  # noqa: F401  (anny)
 
     from pairgen.synthetic import appearance
-    from pairgen.synthetic.body import vertex_normals
 
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -215,7 +214,6 @@ def make_interhand_fixture(root, body, frames: int = 8, val_frames: int = 6, fau
     joint_json: dict[str, dict] = {"train": {}, "val": {}}
     mano_units = []  # (split, capture, frame ids, phenotypes, bone poses, rest bone poses)
     truth: dict[str, UnitTruth] = {}
-    idx = body.split_index
     try:
         for split, capture, seq, subject, n, step, start in specs:
             pheno = rng.uniform(0.35, 0.75, 6)
@@ -248,8 +246,7 @@ def make_interhand_fixture(root, body, frames: int = 8, val_frames: int = 6, fau
                     "hand_type": "interacting", "hand_type_valid": 1}
 
                 v = verts[i]
-                nrm = vertex_normals(v, body.mesh_faces)[idx]
-                vs = v[idx]
+                vs, nrm = body.surface(v)
                 for c, cm in cams.items():
                     r = rend.gl[(cm.width, cm.height)]
                     colour, depth = r.render([(vs, nrm, cm)], texture, ambient, lights)[0]

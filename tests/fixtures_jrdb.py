@@ -138,7 +138,6 @@ def make_jrdb_fixture(root: Path, body, *, sequences: dict | None = None, scale:
     import simplejpeg
 
     from pairgen.synthetic import appearance, background
-    from pairgen.synthetic.body import vertex_normals
     from pairgen.synthetic.gl import GLBodyRenderer
     from pairgen.synthetic.motions import sample_clip
 
@@ -186,8 +185,7 @@ def make_jrdb_fixture(root: Path, body, *, sequences: dict | None = None, scale:
                     verts = verts + lift
                     coco = posed.keypoints[f].astype(np.float64) + lift
                     jr = jrdb_joints(coco, verts[:, 2].max())
-                    normals = vertex_normals(verts, body.mesh_faces)[body.split_index]
-                    split = verts[body.split_index]
+                    split, normals = body.surface(verts)
                     az = np.degrees(np.arctan2(pos[f, 1], pos[f, 0]))
                     todo = [(c, individual[c]) for c in CAMS
                             if abs((az + SLOT_DEG * int(c.split("_")[1]) / 2 + 180) % 360 - 180) < 65]

@@ -82,7 +82,6 @@ def make_mars_fixture(root: Path, body, *, n_frames: int = 24, fps: float = 25.0
     from scipy.io import savemat
 
     from pairgen.synthetic import appearance, background
-    from pairgen.synthetic.body import vertex_normals
     from pairgen.synthetic.gl import GLBodyRenderer
     from pairgen.synthetic.motions import sample_clip
 
@@ -116,8 +115,8 @@ def make_mars_fixture(root: Path, body, *, n_frames: int = 24, fps: float = 25.0
                 verts = posed.vertices[i].astype(np.float64)
                 lift = pos[i] - np.array([0.0, 0.0, verts[:, 2].min()])
                 verts = verts + lift
-                normals = vertex_normals(verts, body.mesh_faces)[body.split_index]
-                rendered = renderer.render([(verts[body.split_index], normals, c) for c in cams.values()],
+                split, normals = body.surface(verts)
+                rendered = renderer.render([(split, normals, c) for c in cams.values()],
                                            texture, ambient, lights)
                 kps = posed.keypoints[i].astype(np.float64) + lift
                 for cid, (colour, depth) in zip(cams, rendered):

@@ -94,7 +94,6 @@ def make_pennaction_fixture(root: Path, body, *, videos: dict = VIDEOS, width: i
     import simplejpeg
 
     from pairgen.synthetic import appearance, background
-    from pairgen.synthetic.body import vertex_normals
     from pairgen.synthetic.gl import GLBodyRenderer
 
     if set(faults) - set(FAULTS):
@@ -105,7 +104,6 @@ def make_pennaction_fixture(root: Path, body, *, videos: dict = VIDEOS, width: i
     regions = appearance.region_map(body.uv, body.faces, body.regions, 256)
     motions = _motion_names(MOTIONS)
     truth = {"root": base, "width": width, "height": height, "fps": FPS, "seed": seed, "videos": {}, "faults": {}}
-    idx = body.split_index
     try:
         for n, (vid, (T, train, bbox_format, second)) in enumerate(sorted(videos.items())):
             rng = np.random.default_rng([seed, vid])
@@ -130,8 +128,7 @@ def make_pennaction_fixture(root: Path, body, *, videos: dict = VIDEOS, width: i
                 f = i + 1
                 renders = []
                 for (verts, _, _, _), (tex, ambient, lights) in zip(people, looks):
-                    normals = vertex_normals(verts[i], body.mesh_faces)[idx]
-                    renders.append(renderer.render([(verts[i][idx], normals, cam)], tex, ambient, lights)[0])
+                    renders.append(renderer.render([(*body.surface(verts[i]), cam)], tex, ambient, lights)[0])
                 img = bg.astype(np.float64)
                 depth = np.full((height, width), np.inf)
                 owner = np.full((height, width), -1)

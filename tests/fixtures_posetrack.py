@@ -68,7 +68,6 @@ def make_posetrack_fixture(root: Path, body, *, formats=FORMATS, frames: int = 1
     import simplejpeg
 
     from pairgen.synthetic import appearance, background
-    from pairgen.synthetic.body import vertex_normals
     from pairgen.synthetic.camera import look_at
     from pairgen.synthetic.gl import GLBodyRenderer
     from pairgen.synthetic.motions import sample_clip
@@ -110,8 +109,7 @@ def make_posetrack_fixture(root: Path, body, *, formats=FORMATS, frames: int = 1
                     lift = np.array([0.0, 0.0, -verts[:, 2].min()]) + pos
                     verts = verts + lift
                     kps = posed.keypoints[fi].astype(np.float64) + lift
-                    normals = vertex_normals(verts, body.mesh_faces)[body.split_index]
-                    (colour, depth), = renderer.render([(verts[body.split_index], normals, cam)], texture, ambient,
+                    (colour, depth), = renderer.render([(*body.surface(verts), cam)], texture, ambient,
                                                        lights)
                     cols.append(colour)
                     deps.append(depth)

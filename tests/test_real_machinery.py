@@ -22,7 +22,6 @@ def capture(tmp_path_factory, synthetic_worker):
     """3 static cameras x 8 frames of a walking person; JPEGs on disk, GT masks and joints in memory."""
     from pairgen.synthetic import appearance, camera as cam
     from pairgen.synthetic.background import procedural_background
-    from pairgen.synthetic.body import vertex_normals
     from pairgen.synthetic.gl import GLBodyRenderer
     from pairgen.synthetic.motions import MOTIONS, Clip
     from pairgen.synthetic.render import Camera
@@ -50,8 +49,7 @@ def capture(tmp_path_factory, synthetic_worker):
         (root / name).mkdir()
         for f in range(8):
             V = posed.vertices[f]
-            n = vertex_normals(V, body.mesh_faces)
-            col, depth = renderer.render([(V[body.split_index], n[body.split_index], c)], tex, np.full(3, 0.5),
+            col, depth = renderer.render([(*body.surface(V), c)], tex, np.full(3, 0.5),
                                          [(np.array([0.2, 1.0, -1.0]), np.ones(3), 2.5)])[0]
             img = np.where((depth > 0)[..., None], col, bg)
             import cv2

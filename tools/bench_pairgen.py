@@ -55,7 +55,6 @@ def _synthetic_process(num_pairs: int, rounds: int, seconds: float, image_size: 
     from pairgen.sources.base import ShardTask
     from pairgen.sources.synthetic import SyntheticWorker
     from pairgen.synthetic import appearance, camera as cam
-    from pairgen.synthetic.body import vertex_normals
     from pairgen.synthetic.motions import sample_clip
     from pairgen.writer import warm_up
 
@@ -75,9 +74,8 @@ def _synthetic_process(num_pairs: int, rounds: int, seconds: float, image_size: 
         views, textures = [], []
         for i in range(n):
             V = posed.vertices[i]
-            nrm = vertex_normals(V, body.mesh_faces)
             R, t = cam.look_at(cam.camera_center(V.mean(0), rng.uniform(0, 6.28), 0.2, 4.0), V.mean(0))
-            views.append((V[body.split_index], nrm[body.split_index], cam.fit_camera(R, t, V, image_size, 0.8)))
+            views.append((*body.surface(V), cam.fit_camera(R, t, V, image_size, 0.8)))
             textures.append(appearance.random_outfit_texture(rng, gen.regions)[0])
         ambient, lights = appearance.random_lighting(rng)
         render = gen.renderer.render
