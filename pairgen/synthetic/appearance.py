@@ -67,9 +67,9 @@ def _pattern(rng: np.random.Generator, size: int, base: np.ndarray) -> np.ndarra
     """One clothing pattern [size, size, 3] float32 in 0..255 (a solid colour is a read-only
     broadcast of ``base``: a constant layer)."""
     kind = PATTERNS[min(int(np.searchsorted(PATTERN_CDF, rng.random(), side="right")), len(PATTERNS) - 1)]
-    if kind == "solid":
-        return np.broadcast_to(base, (size, size, 3))
     img = np.broadcast_to(base, (size, size, 3))
+    if kind == "solid":
+        return img
     other = rng.uniform(0, 255, 3).astype(np.float32)
     yy, xx = pixel_grid(size)
     if kind == "stripes":

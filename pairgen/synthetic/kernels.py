@@ -4,7 +4,7 @@ numpy spends most of these passes on temporaries and fancy-indexing; here each i
 compiled for the CPU by warp (which anny already depends on; JIT-compiled once, cached on disk
 under ``WARP_CACHE_PATH``). Sums run in the same order as the reference numpy/torch code, so
 :class:`SplitSurface` gives the same bits as :func:`pairgen.synthetic.body.vertex_normals` and
-:func:`skin` the same bits as anny's own skinning kernel. Where warp cannot compile, the classes
+:class:`Skinning` the same bits as anny's own skinning kernel (before the yaw). Where warp cannot compile, the classes
 fall back to numpy (:func:`kernels` returns None there).
 """
 
@@ -90,13 +90,12 @@ def _compile() -> _Kernels:
     return k
 
 
-def _csr(rows: list[np.ndarray], values: list[np.ndarray] | None = None):
-    """(start [R+1] int32, column [nnz] int32, value [nnz] float32) of per-row column lists."""
-    start = np.zeros(len(rows) + 1, np.int32)
-    np.cumsum([len(r) for r in rows], out=start[1:])
-    col = np.concatenate(rows).astype(np.int32) if rows else np.zeros(0, np.int32)
-    val = np.concatenate(values).astype(np.float32) if values is not None else None
-    return start, col, val
+def _csr(mask: np.ndarray, columns: np.ndarray, values: np.ndarray):
+    """(start [R+1], column [nnz], value [nnz]) of the entries where ``mask`` [R, K] holds, row by
+    row in slot order (int32, int32, float32: what the kernels index with)."""
+    start = np.zeros(len(mask) + 1, np.int32)
+    np.cumsum(mask.sum(1), out=start[1:])
+    return start, columns[mask].astype(np.int32), values[mask].astype(np.float32)
 
 
 def _arr(k, a, dtype):
@@ -163,11 +162,9 @@ class Skinning:
     def __init__(self, weights: np.ndarray, bones: np.ndarray):
         w = np.asarray(weights, np.float32)
         b = np.asarray(bones, np.int64)
-        keep = w != 0
         self.slot_weights, self.slot_bones = w, b
         self.n_vertices = len(w)
-        self.start, self.bone, self.weight = _csr([b[v][keep[v]] for v in range(len(w))],
-                                                  [w[v][keep[v]] for v in range(len(w))])
+        self.start, self.bone, self.weight = _csr(w != 0, b, w)
         self._k = kernels()
 
     def __call__(self, rest: np.ndarray, body: np.ndarray, transforms: np.ndarray, yaw: np.ndarray) -> np.ndarray:
@@ -199,8 +196,7 @@ class SparseRegressor:
     def __init__(self, weights: np.ndarray):
         w = np.asarray(weights, np.float32)
         self.dense = w
-        rows = [np.flatnonzero(r) for r in w]
-        self.start, self.index, self.weight = _csr(rows, [w[i][r] for i, r in enumerate(rows)])
+        self.start, self.index, self.weight = _csr(w != 0, np.broadcast_to(np.arange(w.shape[1]), w.shape), w)
         self._k = kernels()
 
     def __call__(self, vertices: np.ndarray) -> np.ndarray:
