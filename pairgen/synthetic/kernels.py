@@ -115,7 +115,6 @@ class SplitSurface:
         self.split_index = np.ascontiguousarray(split_index, np.int64)
         self.n_vertices = int(n_vertices)
         self._k = kernels() if compiled else None
-        self.compiled = self._k is not None
         if self._k is None:
             return
         wp = self._k.wp
@@ -128,6 +127,10 @@ class SplitSurface:
         self._start = wp.array(start, dtype=wp.int32, device="cpu")
         self._adjacent = wp.array((order // 3).astype(np.int32), dtype=wp.int32, device="cpu")
         self._fn = wp.empty(len(self.faces), dtype=wp.vec3, device="cpu")
+
+    @property
+    def compiled(self) -> bool:
+        return self._k is not None
 
     def __call__(self, vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         v = np.ascontiguousarray(vertices, np.float32)
