@@ -73,8 +73,8 @@ def test_schema_types_and_validation():
 
 @pytest.mark.parametrize("isal", [True, False])
 def test_gray_pngs_decode_exactly_with_either_deflate(isal, monkeypatch):
-    """Silhouettes (8-bit) and depth (16-bit) PNGs, deflated by ISA-L or by the zlib fallback,
-    decode to the same arrays with OpenCV and Pillow (what webdataset's decoders use)."""
+    """Silhouettes (8-bit) and depth (16-bit) PNGs decode to the same arrays with our decoder
+    (ISA-L's inflate or the zlib fallback), OpenCV and Pillow (what webdataset's decoders use)."""
     import io
 
     from PIL import Image
