@@ -3,11 +3,16 @@
     OUT/<source>-<shard:06d>.tar                 the WebDataset shard
     OUT/manifest/<source>-<shard:06d>.parquet    its manifest rows (one per sample, same order)
     OUT/stats/<source>-<shard:06d>.json          its stats; written LAST: the shard's completion marker
-    OUT/build-<source>.json                      the resolved build configuration
+    OUT/build-<source>.json                      the resolved build configuration (written first)
+    OUT/plan-<source>.json                       the planned shards and their pair counts
     OUT/failures-<source>.json                   shards that failed in the last run (absent if none)
     OUT/.tmp/                                    in-progress files (never under a final name)
+    OUT/.<name>.<pid>.partial                    an in-progress config/plan/failures file
 
-A shard counts as finished only when its stats file exists; resuming skips finished shards.
+A shard counts as finished only when its stats file exists; the stats also record the size and
+SHA-256 of the tar and of the manifest, so a resumed build (sizes, cheaply) and ``pairgen verify``
+(checksums) can tell a finished shard from a damaged one. A directory is a pairgen output only
+if it holds a build config (or nothing but in-progress files of one).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ SHARD_RE = re.compile(r"^(?P<source>[a-z0-9_]+)-(?P<index>\d{6})$")
 MANIFEST_DIR = "manifest"
 STATS_DIR = "stats"
 TMP_DIR = ".tmp"
+RECORD_RE = re.compile(r"^(?P<what>build|plan|failures)-(?P<source>[a-z0-9_]+)\.json$")
+PARTIAL_RE = re.compile(r"^\.(?P<name>.+)\.\d+\.partial$")
 
 
 def shard_name(source: str, index: int) -> str:
@@ -48,6 +55,41 @@ def failures_path(out: Path, source: str) -> Path:
     return Path(out) / f"failures-{source}.json"
 
 
+def plan_path(out: Path, source: str) -> Path:
+    return Path(out) / f"plan-{source}.json"
+
+
+def is_shard_file(name: str, suffix: str = ".tar") -> bool:
+    """``name`` is a shard's file name with ``suffix`` (``aist-000003.tar``)."""
+    return name.endswith(suffix) and SHARD_RE.match(name[: -len(suffix)]) is not None
+
+
+def is_record_file(name: str) -> bool:
+    """A build config, plan or failures file (``build-aist.json``)."""
+    return RECORD_RE.match(name) is not None
+
+
+def is_partial_file(name: str) -> bool:
+    """An in-progress file of :func:`write_atomic` for one of our top-level files."""
+    m = PARTIAL_RE.match(name)
+    return m is not None and (is_record_file(m.group("name")) or is_shard_file(m.group("name")))
+
+
+def is_ours(name: str) -> bool:
+    """A top-level entry of OUT that pairgen writes (a user's file under another name is not)."""
+    return (name in (MANIFEST_DIR, STATS_DIR, TMP_DIR) or is_shard_file(name) or is_record_file(name)
+            or is_partial_file(name))
+
+
+def build_configs(out: Path) -> list[str]:
+    """Sources whose build config is in OUT, sorted."""
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    return sorted(m.group("source") for p in out.iterdir()
+                  if (m := RECORD_RE.match(p.name)) and m.group("what") == "build")
+
+
 def finished_shards(out: Path) -> list[str]:
     """Names of shards whose stats file (the completion marker) exists, sorted."""
     d = Path(out) / STATS_DIR
@@ -66,11 +108,18 @@ def write_atomic(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a kill: leave no half-written file behind
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
 
 
 def write_json_atomic(path: Path, obj) -> None:

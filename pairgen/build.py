@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,37 +18,43 @@ from pairgen.config import BuildConfig
 from pairgen.encode import PairEncoder
 from pairgen.sources import make_source
 from pairgen.sources.base import ShardTask, SourceWorker
-from pairgen.writer import clean_partials, remove_unfinished, write_shard
+from pairgen.writer import OutputError, clean_partials, output_error, remove_strays, resume_state, write_shard
 
 
 class BuildError(Exception):
     """Bad input or a refused output directory (reported as one line, exit code 2)."""
 
 
-def _ours(name: str) -> bool:
-    if name in (layout.MANIFEST_DIR, layout.STATS_DIR, layout.TMP_DIR):
-        return True
-    stem = name.rsplit(".", 1)[0]
-    is_shard = name.endswith(".tar") and layout.SHARD_RE.match(stem) is not None
-    is_record = name.startswith(("build-", "failures-")) and name.endswith(".json")
-    return is_shard or is_record
-
-
 def prepare_output(config: BuildConfig) -> Path:
-    """Check OUT is ours (or empty) and writable, and that a resumed build has the same settings."""
+    """Check OUT is ours (or empty) and writable, and that a resumed build has the same settings.
+
+    A directory is ours when it holds a pairgen build config, or nothing but in-progress files of
+    one (a build killed while writing its config); any file that pairgen does not write, or
+    shard-like files without a build config next to them, make it someone else's: refused.
+    """
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise BuildError(f"--out {out}: exists and is not a directory")
     if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if not _ours(p.name))
+        entries = sorted(p.name for p in out.iterdir())
+        foreign = [n for n in entries if not layout.is_ours(n)]
+        for sub, suffix in ((layout.MANIFEST_DIR, ".parquet"), (layout.STATS_DIR, ".json")):
+            if (out / sub).is_dir():  # pairgen never deletes a file it did not write
+                foreign += [f"{sub}/{p.name}" for p in sorted((out / sub).iterdir())
+                            if not (layout.is_shard_file(p.name, suffix) or layout.PARTIAL_RE.match(p.name))]
         if foreign:
             raise BuildError(f"--out {out}: not empty and not a pairgen output (found {', '.join(foreign[:3])})")
+        if entries and not layout.build_configs(out) and not all(
+                layout.is_partial_file(n) or n == layout.TMP_DIR for n in entries):
+            raise BuildError(f"--out {out}: not empty and holds no pairgen build config (found "
+                             f"{', '.join(entries[:3])}); refusing to overwrite it: use an empty or new --out")
         cfg_file = layout.config_path(out, config.source)
         if cfg_file.exists():
             try:
                 previous = BuildConfig.from_json(json.loads(cfg_file.read_text())).output_identity()
-            except (json.JSONDecodeError, TypeError) as exc:
-                raise BuildError(f"{cfg_file}: unreadable build config ({exc})") from exc
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise BuildError(f"{cfg_file}: unreadable build config ({type(exc).__name__}: {exc}); "
+                                 "restore it or use a new --out") from exc
             current = config.output_identity()
             diff = sorted(k for k in current if previous.get(k) != current[k])
             if diff:
@@ -59,6 +66,13 @@ def prepare_output(config: BuildConfig) -> Path:
     if not os.access(probe, os.W_OK):
         raise BuildError(f"--out {out}: not writable")
     return out
+
+
+def _write_record(path: Path, obj) -> None:
+    try:
+        layout.write_json_atomic(path, obj)
+    except OSError as exc:
+        raise output_error(exc, exc.filename or path) from None
 
 
 def build_shard(worker: SourceWorker, task: ShardTask, config: BuildConfig) -> dict:
@@ -85,8 +99,10 @@ def build_shard(worker: SourceWorker, task: ShardTask, config: BuildConfig) -> d
     return write_shard(Path(config.out), name, samples, rows, stats)
 
 
-def run_build(config: BuildConfig, progress: bool = True) -> dict:
-    """Build (or resume) everything; returns a summary. Raises BuildError on bad input."""
+def run_build(config: BuildConfig, progress: bool = True, log=None) -> dict:
+    """Build (or resume) everything; returns a summary. Raises BuildError on bad input and
+    OutputError when the output cannot be written (finished shards are kept)."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     try:
         config.validate()
         source = make_source(config)
@@ -100,12 +116,24 @@ def run_build(config: BuildConfig, progress: bool = True) -> dict:
         raise BuildError(str(exc)) from exc
     if not tasks:
         raise BuildError(f"source {config.source}: nothing to build (no pairs could be planned)")
-    out.mkdir(parents=True, exist_ok=True)
-    layout.write_json_atomic(layout.config_path(out, config.source), config.to_json())
-    clean_partials(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(exc, out) from None
+    _write_record(layout.config_path(out, config.source), config.to_json())
     names = [layout.shard_name(t.source, t.index) for t in tasks]
-    remove_unfinished(out, names)
-    done = set(layout.finished_shards(out))
+    _write_record(layout.plan_path(out, config.source),
+                  {"source": config.source, "pairs": sum(t.planned for t in tasks),
+                   "shards": {n: t.planned for n, t in zip(names, tasks)}})
+    clean_partials(out)
+    strays = remove_strays(out, config.source, names)
+    if strays:
+        log(f"pairgen: removed {len(strays)} shard(s) not in this build's plan: {', '.join(strays[:5])}")
+    done, damaged = resume_state(out, names, deep=config.rehash)
+    if damaged:
+        shown = "; ".join(f"{n} ({', '.join(p)})" for n, p in sorted(damaged.items())[:5])
+        more = f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
+        log(f"pairgen: rebuilding {len(damaged)} damaged finished shard(s): {shown}{more}")
     todo = [t for t, n in zip(tasks, names) if n not in done]
 
     from pairgen.distribute import run_tasks
@@ -117,7 +145,7 @@ def run_build(config: BuildConfig, progress: bool = True) -> dict:
     elapsed = time.time() - t0
     fail_file = layout.failures_path(out, config.source)
     if failures:
-        layout.write_json_atomic(fail_file, {"failed": failures})
+        _write_record(fail_file, {"failed": failures})
     else:
         fail_file.unlink(missing_ok=True)
     built = sum(r["count"] for r in results)
@@ -125,7 +153,8 @@ def run_build(config: BuildConfig, progress: bool = True) -> dict:
     for r in results:
         skipped.update(r.get("skipped", {}))
     return {"shards_total": len(tasks), "shards_skipped_finished": len(tasks) - len(todo),
-            "shards_built": len(results), "shards_failed": [f["shard"] for f in failures],
+            "shards_built": len(results), "shards_empty": sum(r["count"] == 0 for r in results),
+            "shards_repaired": sorted(damaged), "shards_failed": [f["shard"] for f in failures],
             "failures": failures, "pairs_built": built, "seconds": round(elapsed, 2),
             "pairs_per_s": round(built / elapsed, 2) if elapsed > 0 else None, "skipped": dict(skipped),
             "worker_peak_rss_mb": max((r.get("_worker_peak_rss_mb", 0) for r in results), default=None)}

@@ -17,6 +17,13 @@ def _error(msg: str) -> int:
     return EXIT_BAD_INPUT
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line plus where to look, not the whole usage (exit code 2)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _kinds(text: str) -> tuple[str, ...]:
     kinds = tuple(k.strip().replace("-", "_") for k in text.split(",") if k.strip())
     bad = [k for k in kinds if k not in KINDS]
@@ -45,6 +52,9 @@ def _add_build(sub) -> None:
                    help="share of cross-view pairs when both kinds are built [%(default)s]")
     p.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="[%(default)s]")
     p.add_argument("--retries", type=int, default=d.retries, help="extra attempts per failed shard [%(default)s]")
+    p.add_argument("--rehash", action="store_true",
+                   help="on resume, re-check the SHA-256 of every finished shard (reads them all; by default "
+                        "sizes are checked, and checksums where a file's mtime changed)")
     p.add_argument("--split", default=None, help="keep only this dataset split (real sources)")
     r = p.add_argument_group("real sources")
     r.add_argument("--annotations", default=None, help="annotation directory, when apart from --root (AIST++)")
@@ -72,6 +82,7 @@ def _add_build(sub) -> None:
 
 def cmd_build(args) -> int:
     from pairgen.build import BuildError, run_build
+    from pairgen.writer import OutputError
 
     names = {f.name for f in fields(BuildConfig)}
     kw = {k: v for k, v in vars(args).items() if k in names}
@@ -81,8 +92,14 @@ def cmd_build(args) -> int:
         summary = run_build(cfg, progress=not args.quiet)
     except BuildError as exc:
         return _error(str(exc))
+    except OutputError as exc:
+        print(f"pairgen: error: {exc}; finished shards are kept: fix the output and re-run the same "
+              "command to resume", file=sys.stderr)
+        return 1
+    empty = f", {summary['shards_empty']} empty" if summary["shards_empty"] else ""
+    repaired = f", {len(summary['shards_repaired'])} rebuilt after damage" if summary["shards_repaired"] else ""
     print(f"built {summary['pairs_built']} pairs in {summary['shards_built']} shards "
-          f"({summary['shards_skipped_finished']} already finished) in {summary['seconds']} s"
+          f"({summary['shards_skipped_finished']} already finished{empty}{repaired}) in {summary['seconds']} s"
           f" -> {cfg.out}")
     if summary["skipped"]:
         print("skipped: " + ", ".join(f"{k}: {v}" for k, v in sorted(summary["skipped"].items())))
@@ -141,17 +158,21 @@ def cmd_preview(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pairgen", description="Cross-view / cross-pose human pair generator")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="pairgen", description="Cross-view / cross-pose human pair generator")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _add_build(sub)
     sub.add_parser("sources", help="list the sources and what each needs")
-    p = sub.add_parser("verify", help="check every shard, sample, manifest row and stats file")
-    p.add_argument("dir")
+    p = sub.add_parser("verify", help="check that a build is complete and intact",
+                       description="Exit 0 only if the build is complete (every planned shard finished, none "
+                                   "failed, nothing in progress) and intact (sizes and SHA-256 as recorded, every "
+                                   "sample decodes and agrees with its manifest row, no stray files). A re-run of "
+                                   "the build command repairs what it reports.")
+    p.add_argument("dir", help="a pairgen output directory")
     p = sub.add_parser("stats", help="counts per source/kind and distributions")
-    p.add_argument("dir")
+    p.add_argument("dir", help="a pairgen output directory")
     p.add_argument("--plot", default=None, help="write histograms to this PNG")
     p = sub.add_parser("preview", help="contact sheet of pairs with silhouettes overlaid")
-    p.add_argument("dir")
+    p.add_argument("dir", help="a pairgen output directory")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--num", type=int, default=16, help="pairs to show [%(default)s]")
     p.add_argument("--seed", type=int, default=0, help="which pairs are drawn [%(default)s]")

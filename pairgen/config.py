@@ -25,6 +25,7 @@ class BuildConfig:
     cross_view_fraction: float = 0.5  # share of cross-view pairs when both kinds are built
     jpeg_quality: int = 95
     retries: int = 2  # extra attempts for a failed shard before it is recorded as failed
+    rehash: bool = False  # on resume, re-check every finished shard's SHA-256 (default: sizes, and hashes where mtimes changed)
     split: str | None = None  # keep only this dataset split (real sources)
     # real sources
     annotations: str | None = None  # explicit annotation directory (when shipped apart from the media)
@@ -60,6 +61,8 @@ class BuildConfig:
             raise ValueError(f"--shard-size must be >= 1 (got {self.shard_size})")
         if self.image_size < 32 or self.image_size % 16:
             raise ValueError(f"--image-size must be a multiple of 16 and >= 32 (got {self.image_size})")
+        if self.retries < 0:
+            raise ValueError(f"--retries must be >= 0 (got {self.retries})")
         if self.workers < 0:
             raise ValueError(f"--workers must be >= 0 (got {self.workers})")
         bad = [k for k in self.kinds if k not in KINDS]

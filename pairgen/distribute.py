@@ -2,7 +2,9 @@
 
 One actor per worker holds the source's expensive state (built once), and builds and writes
 whole shards. A task that raises is retried (``--retries``) on any actor; an actor that dies is
-replaced. A shard that still fails is returned as a failure: the build finishes the rest.
+replaced. A shard that still fails is returned as a failure: the build finishes the rest. An
+:class:`~pairgen.writer.OutputError` (full disk, read-only output) is not retried: the build
+stops at once, keeping every finished shard.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from tqdm import tqdm
 
 from pairgen.config import BuildConfig
 from pairgen.sources.base import ShardTask
+from pairgen.writer import OutputError
 
 
 class ShardActor:
@@ -78,6 +81,8 @@ def _run_local(tasks, config, total_pairs, done_pairs, progress):
                     results.append(stats)
                     bar.update(stats["count"])
                     break
+                except OutputError:
+                    raise  # not the shard's fault: retrying cannot help
                 except Exception:  # noqa: BLE001 - any error in a shard is retried, then recorded
                     err = traceback.format_exc()
             else:
@@ -106,6 +111,9 @@ def _init_ray(config: BuildConfig, n_workers: int):
 def _run_ray(tasks, config, total_pairs, done_pairs, progress):
     n_workers = min(config.resolved_workers(), len(tasks))
     ray = _init_ray(config, n_workers)
+    from pairgen import reaper
+
+    watcher = None if config.ray_address else reaper.start()  # a kill -9 of this driver leaves no Ray process
     from ray.exceptions import RayActorError, RayTaskError
 
     Actor = ray.remote(num_cpus=1)(ShardActor)
@@ -130,6 +138,12 @@ def _run_ray(tasks, config, total_pairs, done_pairs, progress):
                     results.append(stats)
                     bar.update(stats["count"])
                 except (RayTaskError, RayActorError) as exc:
+                    cause = getattr(exc, "cause", None)
+                    if isinstance(cause, OutputError) or isinstance(exc, OutputError):
+                        for a in actors:  # stop at once: the other shards cannot be written either
+                            ray.kill(a)
+                        msg = str(cause) if cause is not None else str(exc).strip().splitlines()[-1]
+                        raise OutputError(msg) from None
                     if isinstance(exc, RayActorError):  # the process died: start a fresh one
                         actors[slot] = Actor.remote(cfg)
                     if attempt < config.retries:
@@ -144,4 +158,5 @@ def _run_ray(tasks, config, total_pairs, done_pairs, progress):
     finally:
         if not config.ray_address:
             ray.shutdown()
+            reaper.stop(watcher)
     return results, failures

@@ -30,9 +30,24 @@ def _describe(s: pd.Series) -> str:
     return f"n={len(s)} min={q[0]:.3g} p25={q[1]:.3g} median={q[2]:.3g} p75={q[3]:.3g} max={q[4]:.3g}"
 
 
+def _shard_stats(directory: str) -> list[dict]:
+    out = Path(directory)
+    found = []
+    for name in layout.finished_shards(out):
+        try:
+            s = json.loads(layout.stats_path(out, name).read_text())
+        except (OSError, ValueError):
+            continue  # damaged: `pairgen verify` reports it, a re-run of the build repairs it
+        if isinstance(s, dict):
+            found.append(s)
+    return found
+
+
 def stats(directory: str, plot: str | None = None) -> str:
     df = load_manifest(directory)
-    lines = [f"{len(df)} pairs in {df['shard'].nunique()} shards"]
+    shard_stats = _shard_stats(directory)
+    empty = sum(s.get("count") == 0 for s in shard_stats)  # every pair skipped: a tar with no sample
+    lines = [f"{len(df)} pairs in {len(shard_stats)} shards" + (f" ({empty} empty)" if empty else "")]
     counts = df.groupby(["source", "kind"]).size()
     for (src, kind), n in counts.items():
         lines.append(f"  {src:12s} {kind:11s} {n:8d}")
@@ -44,11 +59,18 @@ def stats(directory: str, plot: str | None = None) -> str:
     lines.append(f"cross-view view angle (deg):   {_describe(cv['view_angle_deg'])}")
     lines.append(f"cross-view azimuth gap (deg):  {_describe(cv['azimuth_gap_deg'])}")
     lines.append(f"cross-pose motion:             {_describe(df['motion'])}")
-    skipped: Counter = Counter()
-    for name in layout.finished_shards(Path(directory)):
-        skipped.update(json.loads(layout.stats_path(Path(directory), name).read_text()).get("skipped", {}))
+    skipped: Counter = Counter()  # planned pairs not built, per reason
+    dropped: Counter = Counter()  # parts left out that were never planned pairs (pairgen.record.ShardResult)
+    for s in shard_stats:
+        skipped.update(s.get("skipped", {}))
+        dropped.update((s.get("metrics") or {}).get("dropped", {}))
+    planned = sum(s.get("planned", 0) for s in shard_stats)
+    lines.append(f"planned pairs: {planned} = {sum(s.get('count', 0) for s in shard_stats)} built + "
+                 f"{sum(skipped.values())} skipped")
     if skipped:
-        lines.append("skipped: " + ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())))
+        lines.append("skipped pairs: " + ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())))
+    if dropped:
+        lines.append("dropped parts (not pairs): " + ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items())))
     if plot:
         _plot(df, plot)
         lines.append(f"plot: {plot}")

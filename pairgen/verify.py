@@ -1,77 +1,229 @@
-"""`pairgen verify DIR`: every shard readable, every sample complete and decodable, manifest rows
-equal to shard members (same keys, same order), stats present and consistent."""
+"""`pairgen verify DIR`: passing means the build is complete and intact.
+
+- complete: every source has its build config and plan, every planned shard is finished, no shard
+  failed in the last run, nothing is left in progress;
+- intact: each finished shard's tar and manifest have the size and SHA-256 its stats recorded,
+  every tar member is a plain ``<key>.<suffix>`` of that shard, every sample is complete and
+  decodes, its JSON agrees with its manifest row, the manifest rows are the shard's samples in
+  order, and the stats count them;
+- nothing else: files pairgen does not write are reported as stray.
+
+A re-run of the build command repairs everything reported here except stray files (not ours).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from manifests import layout
-from manifests.sample import decode_sample, iter_tar_samples
-from manifests.schema import SCHEMA
+from manifests.sample import ALL_SUFFIXES, KEY_RE, decode_sample, iter_tar_members, split_member_name
+from manifests.schema import COLUMN_NAMES, SCHEMA, manifest_row
+from pairgen.writer import shard_problems
 
 
-def verify(directory: str) -> dict:
-    out = Path(directory)
-    problems: list[str] = []
-    report = {"dir": str(out), "shards": 0, "samples": 0, "manifest_rows": 0, "ok": False, "problems": problems}
-    if not out.is_dir():
-        problems.append(f"{out}: not a directory")
-        return report
-    tars = sorted(p for p in out.glob("*.tar") if layout.SHARD_RE.match(p.stem))
-    finished = set(layout.finished_shards(out))
-    if not tars and not finished:
-        problems.append("no shards found")
-    for p in sorted((out / layout.TMP_DIR).glob("*")) if (out / layout.TMP_DIR).is_dir() else []:
-        problems.append(f"leftover in-progress file {p.name} (re-run the build to resume)")
-    for name in sorted(finished - {p.stem for p in tars}):
-        problems.append(f"{name}: stats present but tar missing")
-    for tar in tars:
-        name = tar.stem
-        report["shards"] += 1
-        if name not in finished:
-            problems.append(f"{name}: no stats file (unfinished shard)")
-            continue
+class _HashingReader:
+    """A binary stream that hashes what is read through it."""
+
+    def __init__(self, f):
+        self.f, self.h = f, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.h.update(data)
+        return data
+
+    def finish(self) -> str:
+        while block := self.read(1 << 20):
+            pass
+        return self.h.hexdigest()
+
+
+def _same(a, b) -> bool:
+    """Manifest value vs JSON value: nulls and NaNs alike, floats to rounding."""
+    a_null = a is None or (isinstance(a, float) and math.isnan(a))
+    b_null = b is None or (isinstance(b, float) and math.isnan(b))
+    if a_null or b_null:
+        return a_null and b_null
+    if isinstance(a, float) or isinstance(b, float):
         try:
-            stats = json.loads(layout.stats_path(out, name).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            problems.append(f"{name}: unreadable stats ({exc})")
-            continue
-        keys = []
-        try:
-            for key, members in iter_tar_samples(str(tar)):
+            return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+        except (TypeError, ValueError):
+            return False
+    return a == b
+
+
+def _samples(stream, name: str, problems: list[str]):
+    """(key, members) of a shard read from ``stream``, checking every member name."""
+    current, members, bad = None, {}, 0
+    for member, data in iter_tar_members(stream):
+        key, suffix = split_member_name(member)
+        if member != f"{key}.{suffix}" or not KEY_RE.match(key) or not key.startswith(f"{name}-") \
+                or suffix not in ALL_SUFFIXES:
+            bad += 1
+            if bad <= 3:
+                problems.append(f"{name}: member {member!r} is not a plain <key>.<suffix> of this shard")
+        if key != current and current is not None:
+            yield current, members
+            members = {}
+        current = key
+        members[suffix] = data
+    if current is not None:
+        yield current, members
+    if bad > 3:
+        problems.append(f"{name}: {bad} members in all are not plain sample names")
+
+
+def _check_shard(out: Path, name: str, planned: int | None, problems: list[str], report: dict) -> None:
+    tar = layout.tar_path(out, name)
+    try:
+        stats = json.loads(layout.stats_path(out, name).read_text())
+        if not isinstance(stats, dict):
+            raise ValueError("not an object")
+    except (OSError, ValueError) as exc:
+        problems.append(f"{name}: unreadable stats ({type(exc).__name__}: {exc})")
+        return
+    keys, metas = [], []
+    digest = None
+    try:
+        with open(tar, "rb", buffering=1 << 20) as f:
+            stream = _HashingReader(f)
+            for key, members in _samples(stream, name, problems):
                 keys.append(key)
                 try:
                     s = decode_sample(key, members)
                 except ValueError as exc:
                     problems.append(f"{name}: {exc}")
+                    metas.append(None)
                     continue
+                metas.append(s.meta)
                 if s.meta.get("key") != key:
                     problems.append(f"{name}/{key}: JSON key {s.meta.get('key')!r} differs")
                 if (s.target_depth is None) != (s.reference_depth is None):
                     problems.append(f"{name}/{key}: depth for one image only")
-        except Exception as exc:  # noqa: BLE001 - tarfile raises many types on a damaged file
-            problems.append(f"{name}: unreadable tar ({type(exc).__name__}: {exc})")
+            digest = stream.finish()
+    except FileNotFoundError:
+        pass  # reported by shard_problems: "tar missing"
+    except Exception as exc:  # noqa: BLE001 - a damaged tar raises many types
+        problems.append(f"{name}: unreadable tar ({type(exc).__name__}: {exc})")
+    problems.extend(f"{name}: {p}" for p in shard_problems(out, name, deep=True, tar_sha256=digest))
+    report["samples"] += len(keys)
+    if len(set(keys)) != len(keys):
+        problems.append(f"{name}: duplicate keys (non-adjacent members?)")
+    if stats.get("count") != len(keys) and digest is not None:
+        problems.append(f"{name}: stats count {stats.get('count')} != {len(keys)} samples")
+    if planned is not None and stats.get("planned") not in (None, planned):
+        problems.append(f"{name}: stats say {stats.get('planned')} pairs planned, the plan {planned}")
+    try:
+        table = pq.read_table(layout.manifest_path(out, name))
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several error types
+        problems.append(f"{name}: unreadable manifest ({type(exc).__name__})")
+        return
+    report["manifest_rows"] += table.num_rows
+    missing_cols = [f.name for f in SCHEMA if f.name not in table.column_names]
+    if missing_cols:
+        problems.append(f"{name}: manifest lacks columns {missing_cols}")
+        return
+    rows = table.to_pylist()
+    if [r["key"] for r in rows] != keys:
+        problems.append(f"{name}: manifest rows ({len(rows)}) != shard samples ({len(keys)}) or order differs")
+        return
+    differ = 0
+    for row, meta in zip(rows, metas):
+        if meta is None:
             continue
-        if len(set(keys)) != len(keys):
-            problems.append(f"{name}: duplicate keys (non-adjacent members?)")
-        report["samples"] += len(keys)
-        mpath = layout.manifest_path(out, name)
-        try:
-            table = pq.read_table(mpath)
-        except Exception as exc:  # noqa: BLE001 - pyarrow raises several error types
-            problems.append(f"{name}: unreadable manifest ({exc})")
+        cols = [c for c in COLUMN_NAMES if not _same(row[c], manifest_row(meta)[c])]
+        if cols:
+            differ += 1
+            if differ <= 3:
+                problems.append(f"{name}/{row['key']}: JSON disagrees with its manifest row on {', '.join(cols[:5])}")
+    if differ > 3:
+        problems.append(f"{name}: {differ} samples in all disagree with their manifest rows")
+
+
+def _read_json(path: Path, what: str, problems: list[str]):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        problems.append(f"{path.name}: unreadable {what} ({type(exc).__name__})")
+        return None
+
+
+def verify(directory: str) -> dict:
+    out = Path(directory)
+    problems: list[str] = []
+    report = {"dir": str(out), "sources": [], "planned_shards": 0, "planned_pairs": 0, "shards": 0,
+              "samples": 0, "manifest_rows": 0, "ok": False, "problems": problems}
+    if not out.is_dir():
+        problems.append(f"{out}: not a directory")
+        return report
+    sources = layout.build_configs(out)
+    report["sources"] = sources
+    if not sources:
+        problems.append("no build config (build-<source>.json): not a pairgen output, or its config was lost")
+    planned: dict[str, int] = {}
+    planned_known: set[str] = set()
+    for src in sources:
+        if _read_json(layout.config_path(out, src), "build config", problems) is None:
             continue
-        report["manifest_rows"] += table.num_rows
-        missing_cols = [f.name for f in SCHEMA if f.name not in table.column_names]
-        if missing_cols:
-            problems.append(f"{name}: manifest lacks columns {missing_cols}")
-        mkeys = table.column("key").to_pylist() if "key" in table.column_names else []
-        if mkeys != keys:
-            problems.append(f"{name}: manifest rows ({len(mkeys)}) != shard samples ({len(keys)}) or order differs")
-        if stats.get("count") != len(keys):
-            problems.append(f"{name}: stats count {stats.get('count')} != {len(keys)} samples")
+        plan = _read_json(layout.plan_path(out, src), "plan", problems)
+        if not isinstance(plan, dict) or not isinstance(plan.get("shards"), dict):
+            problems.append(f"{src}: no plan (plan-{src}.json): the build stopped before it started "
+                            "building; re-run it")
+            continue
+        planned.update(plan["shards"])
+        planned_known.add(src)
+        report["planned_pairs"] += int(plan.get("pairs", sum(plan["shards"].values())))
+        failed = _read_json(layout.failures_path(out, src), "failures file", problems)
+        if failed is not None:
+            n = len(failed.get("failed", [])) if isinstance(failed, dict) else "?"
+            problems.append(f"{src}: {n} shard(s) failed in the last run (failures-{src}.json); re-run the build")
+    report["planned_shards"] = len(planned)
+
+    # every file is ours, in its place, and finished
+    tars, finished = set(), set()
+    for p in sorted(out.iterdir()):
+        if layout.is_shard_file(p.name):
+            tars.add(p.name[:-4])
+        elif layout.is_partial_file(p.name):
+            problems.append(f"leftover in-progress file {p.name} (re-run the build to resume)")
+        elif p.name in (layout.MANIFEST_DIR, layout.STATS_DIR, layout.TMP_DIR) and p.is_dir():
+            continue
+        elif not layout.is_record_file(p.name):
+            problems.append(f"stray file {p.name} (pairgen does not write it)")
+    for sub, suffix in ((layout.MANIFEST_DIR, ".parquet"), (layout.STATS_DIR, ".json")):
+        d = out / sub
+        for p in sorted(d.iterdir()) if d.is_dir() else []:
+            if layout.is_shard_file(p.name, suffix):
+                if sub == layout.STATS_DIR:
+                    finished.add(p.name[: -len(suffix)])
+            elif layout.PARTIAL_RE.match(p.name):
+                problems.append(f"leftover in-progress file {sub}/{p.name} (re-run the build to resume)")
+            else:
+                problems.append(f"stray file {sub}/{p.name} (pairgen does not write it)")
+    tmp = out / layout.TMP_DIR
+    for p in sorted(tmp.iterdir()) if tmp.is_dir() else []:
+        problems.append(f"leftover in-progress file {layout.TMP_DIR}/{p.name} (re-run the build to resume)")
+
+    for name in sorted(set(planned) - finished):
+        state = "unfinished (no stats file)" if name in tars else "missing"
+        problems.append(f"{name}: planned shard {state} ({planned[name]} pairs planned); re-run the build")
+    for name in sorted((tars | finished) - set(planned)):
+        src = layout.SHARD_RE.match(name).group("source")
+        if src in planned_known:
+            problems.append(f"{name}: not in the {src} build's plan (stray shard)")
+        elif src not in sources:
+            problems.append(f"{name}: shard of a source with no build config (build-{src}.json)")
+    if not tars and not finished and not planned:
+        problems.append("no shards found")
+    for name in sorted(finished):
+        report["shards"] += 1
+        _check_shard(out, name, planned.get(name), problems, report)
     report["ok"] = not problems
     return report
