@@ -8,6 +8,7 @@
     OUT/failures-<source>.json                   shards that failed in the last run (absent if none)
     OUT/.tmp/                                    in-progress files (never under a final name)
     OUT/.<name>.<pid>.partial                    an in-progress config/plan/failures file
+    OUT/.lock                                    locked while a build writes into OUT
 
 A shard counts as finished only when its stats file exists; the stats also record the size and
 SHA-256 of the tar and of the manifest, so a resumed build (sizes, cheaply) and ``pairgen verify``
@@ -26,6 +27,7 @@ SHARD_RE = re.compile(r"^(?P<source>[a-z0-9_]+)-(?P<index>\d{6})$")
 MANIFEST_DIR = "manifest"
 STATS_DIR = "stats"
 TMP_DIR = ".tmp"
+LOCK_FILE = ".lock"  # held (flock) by the build writing into OUT
 RECORD_RE = re.compile(r"^(?P<what>build|plan|failures)-(?P<source>[a-z0-9_]+)\.json$")
 PARTIAL_RE = re.compile(r"^\.(?P<name>.+)\.\d+\.partial$")
 
@@ -77,7 +79,7 @@ def is_partial_file(name: str) -> bool:
 
 def is_ours(name: str) -> bool:
     """A top-level entry of OUT that pairgen writes (a user's file under another name is not)."""
-    return (name in (MANIFEST_DIR, STATS_DIR, TMP_DIR) or is_shard_file(name) or is_record_file(name)
+    return (name in (MANIFEST_DIR, STATS_DIR, TMP_DIR, LOCK_FILE) or is_shard_file(name) or is_record_file(name)
             or is_partial_file(name))
 
 
@@ -124,3 +126,28 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def write_json_atomic(path: Path, obj) -> None:
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+class Busy(Exception):
+    """Another process holds OUT's lock."""
+
+
+def lock_output(out: Path):
+    """Hold OUT's lock until the returned file is closed (or the process ends, however it ends).
+    Raises :class:`Busy` naming the holder when another build is writing into OUT."""
+    import fcntl
+    import socket
+
+    f = open(Path(out) / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise Busy(holder) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    return f

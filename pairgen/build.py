@@ -25,7 +25,7 @@ class BuildError(Exception):
     """Bad input or a refused output directory (reported as one line, exit code 2)."""
 
 
-def prepare_output(config: BuildConfig) -> Path:
+def prepare_output(config: BuildConfig, log=None) -> Path:
     """Check OUT is ours (or empty) and writable, and that a resumed build has the same settings.
 
     A directory is ours when it holds a pairgen build config, or nothing but in-progress files of
@@ -45,7 +45,7 @@ def prepare_output(config: BuildConfig) -> Path:
         if foreign:
             raise BuildError(f"--out {out}: not empty and not a pairgen output (found {', '.join(foreign[:3])})")
         if entries and not layout.build_configs(out) and not all(
-                layout.is_partial_file(n) or n == layout.TMP_DIR for n in entries):
+                layout.is_partial_file(n) or n in (layout.TMP_DIR, layout.LOCK_FILE) for n in entries):
             raise BuildError(f"--out {out}: not empty and holds no pairgen build config (found "
                              f"{', '.join(entries[:3])}); refusing to overwrite it: use an empty or new --out")
         cfg_file = layout.config_path(out, config.source)
@@ -53,10 +53,11 @@ def prepare_output(config: BuildConfig) -> Path:
             try:
                 previous = BuildConfig.from_json(json.loads(cfg_file.read_text())).output_identity()
             except (ValueError, TypeError, AttributeError) as exc:
-                raise BuildError(f"{cfg_file}: unreadable build config ({type(exc).__name__}: {exc}); "
-                                 "restore it or use a new --out") from exc
+                previous = None  # rewritten below; each finished shard's stats record its own settings
+                (log or print)(f"pairgen: {cfg_file.name} is unreadable ({type(exc).__name__}); rewriting it and "
+                               "checking each finished shard against the settings it was built with")
             current = config.output_identity()
-            diff = sorted(k for k in current if previous.get(k) != current[k])
+            diff = [] if previous is None else sorted(k for k in current if previous.get(k) != current[k])
             if diff:
                 raise BuildError(f"--out {out} holds a {config.source} build with other settings ({', '.join(diff)}); "
                                  "use the same settings to resume or a new --out")
@@ -95,6 +96,7 @@ def build_shard(worker: SourceWorker, task: ShardTask, config: BuildConfig) -> d
         "kinds": dict(sorted(kinds.items())), "skipped": result.skipped, "skipped_units": result.skipped_units,
         "metrics": {k: round(v, 4) if isinstance(v, float) else v for k, v in result.metrics.items()},
         "build_s": round(time.time() - t0, 4), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "identity": config.identity_digest(),  # the settings it was built with (BuildConfig.output_identity)
     }
     return write_shard(Path(config.out), name, samples, rows, stats)
 
@@ -109,7 +111,7 @@ def run_build(config: BuildConfig, progress: bool = True, log=None) -> dict:
         source.check()
     except ValueError as exc:
         raise BuildError(str(exc)) from exc
-    out = prepare_output(config)
+    out = prepare_output(config, log)
     try:
         tasks = source.plan()  # real sources read annotations here: bad input is reported, not raised
     except ValueError as exc:
@@ -118,8 +120,19 @@ def run_build(config: BuildConfig, progress: bool = True, log=None) -> dict:
         raise BuildError(f"source {config.source}: nothing to build (no pairs could be planned)")
     try:
         out.mkdir(parents=True, exist_ok=True)
+        lock = layout.lock_output(out)
+    except layout.Busy as exc:
+        raise BuildError(f"--out {out}: another pairgen build is writing into it ({exc}); "
+                         "wait for it to end or stop it") from None
     except OSError as exc:
         raise output_error(exc, out) from None
+    try:
+        return _build(config, source, tasks, out, progress, log)
+    finally:
+        lock.close()
+
+
+def _build(config: BuildConfig, source, tasks: list[ShardTask], out: Path, progress: bool, log) -> dict:
     _write_record(layout.config_path(out, config.source), config.to_json())
     names = [layout.shard_name(t.source, t.index) for t in tasks]
     _write_record(layout.plan_path(out, config.source),
@@ -129,7 +142,7 @@ def run_build(config: BuildConfig, progress: bool = True, log=None) -> dict:
     strays = remove_strays(out, config.source, names)
     if strays:
         log(f"pairgen: removed {len(strays)} shard(s) not in this build's plan: {', '.join(strays[:5])}")
-    done, damaged = resume_state(out, names, deep=config.rehash)
+    done, damaged = resume_state(out, names, deep=config.rehash, identity=config.identity_digest())
     if damaged:
         shown = "; ".join(f"{n} ({', '.join(p)})" for n, p in sorted(damaged.items())[:5])
         more = f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""

@@ -109,6 +109,13 @@ class BuildConfig:
         d = self.to_json()
         return {k: d[k] for k in self.OUTPUT_FIELDS}
 
+    def identity_digest(self) -> str:
+        """A short hash of :meth:`output_identity`, recorded in each shard's stats."""
+        import hashlib
+        import json
+
+        return hashlib.sha256(json.dumps(self.output_identity(), sort_keys=True).encode()).hexdigest()[:16]
+
     @classmethod
     def from_json(cls, d: dict) -> "BuildConfig":
         names = {f.name for f in fields(cls)}

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from manifests import layout
 from manifests.sample import ALL_SUFFIXES, KEY_RE, decode_sample, iter_tar_members, split_member_name
 from manifests.schema import COLUMN_NAMES, SCHEMA, manifest_row
+from pairgen.config import BuildConfig
 from pairgen.writer import shard_problems
 
 
@@ -78,7 +79,8 @@ def _samples(stream, name: str, problems: list[str]):
         problems.append(f"{name}: {bad} members in all are not plain sample names")
 
 
-def _check_shard(out: Path, name: str, planned: int | None, problems: list[str], report: dict) -> None:
+def _check_shard(out: Path, name: str, planned: int | None, identity: str | None, problems: list[str],
+                 report: dict) -> None:
     tar = layout.tar_path(out, name)
     try:
         stats = json.loads(layout.stats_path(out, name).read_text())
@@ -110,7 +112,8 @@ def _check_shard(out: Path, name: str, planned: int | None, problems: list[str],
         pass  # reported by shard_problems: "tar missing"
     except Exception as exc:  # noqa: BLE001 - a damaged tar raises many types
         problems.append(f"{name}: unreadable tar ({type(exc).__name__}: {exc})")
-    problems.extend(f"{name}: {p}" for p in shard_problems(out, name, deep=True, tar_sha256=digest))
+    problems.extend(f"{name}: {p}" for p in shard_problems(out, name, deep=True, tar_sha256=digest,
+                                                                    identity=identity))
     report["samples"] += len(keys)
     if len(set(keys)) != len(keys):
         problems.append(f"{name}: duplicate keys (non-adjacent members?)")
@@ -169,9 +172,15 @@ def verify(directory: str) -> dict:
         problems.append("no build config (build-<source>.json): not a pairgen output, or its config was lost")
     planned: dict[str, int] = {}
     planned_known: set[str] = set()
+    identities: dict[str, str] = {}
     for src in sources:
-        if _read_json(layout.config_path(out, src), "build config", problems) is None:
+        cfg = _read_json(layout.config_path(out, src), "build config", problems)
+        if cfg is None:
             continue
+        try:
+            identities[src] = BuildConfig.from_json(cfg).identity_digest()
+        except (TypeError, AttributeError, ValueError) as exc:
+            problems.append(f"build-{src}.json: not a build config ({type(exc).__name__})")
         plan = _read_json(layout.plan_path(out, src), "plan", problems)
         if not isinstance(plan, dict) or not isinstance(plan.get("shards"), dict):
             problems.append(f"{src}: no plan (plan-{src}.json): the build stopped before it started "
@@ -195,7 +204,7 @@ def verify(directory: str) -> dict:
             problems.append(f"leftover in-progress file {p.name} (re-run the build to resume)")
         elif p.name in (layout.MANIFEST_DIR, layout.STATS_DIR, layout.TMP_DIR) and p.is_dir():
             continue
-        elif not layout.is_record_file(p.name):
+        elif not layout.is_record_file(p.name) and p.name != layout.LOCK_FILE:
             problems.append(f"stray file {p.name} (pairgen does not write it)")
     for sub, suffix in ((layout.MANIFEST_DIR, ".parquet"), (layout.STATS_DIR, ".json")):
         d = out / sub
@@ -224,6 +233,7 @@ def verify(directory: str) -> dict:
         problems.append("no shards found")
     for name in sorted(finished):
         report["shards"] += 1
-        _check_shard(out, name, planned.get(name), problems, report)
+        _check_shard(out, name, planned.get(name), identities.get(layout.SHARD_RE.match(name).group("source")),
+                     problems, report)
     report["ok"] = not problems
     return report

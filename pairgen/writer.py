@@ -162,7 +162,8 @@ def write_shard(out: Path, name: str, samples: list[tuple[str, dict[str, bytes]]
     return stats
 
 
-def shard_problems(out: Path, name: str, deep: bool = False, tar_sha256: str | None = None) -> list[str]:
+def shard_problems(out: Path, name: str, deep: bool = False, tar_sha256: str | None = None,
+                   identity: str | None = None) -> list[str]:
     """What is wrong with finished shard ``name`` (empty: intact), judged against its stats.
 
     Cheap by default (a resumed build checks every finished shard): stats readable and complete,
@@ -178,6 +179,8 @@ def shard_problems(out: Path, name: str, deep: bool = False, tar_sha256: str | N
     if not isinstance(stats, dict) or not isinstance(stats.get("count"), int):
         return ["incomplete stats (no sample count)"]
     problems = []
+    if identity is not None and stats.get("identity", identity) != identity:
+        problems.append("built with other settings")
     for what, path in (("tar", layout.tar_path(out, name)), ("manifest", layout.manifest_path(out, name))):
         try:
             st = path.stat()
@@ -220,16 +223,18 @@ def clean_partials(out: Path) -> int:
     return removed
 
 
-def resume_state(out: Path, names: list[str], deep: bool = False) -> tuple[set[str], dict[str, list[str]]]:
-    """Which of ``names`` are finished and intact; the files of every other one are removed (they
-    are rebuilt). Returns (finished, {damaged shard: its problems}). A damaged shard loses its
-    stats first, so a kill during this repair leaves it unfinished, never falsely finished."""
+def resume_state(out: Path, names: list[str], deep: bool = False,
+                 identity: str | None = None) -> tuple[set[str], dict[str, list[str]]]:
+    """Which of ``names`` are finished and intact (and, given ``identity``, built with those
+    settings); the files of every other one are removed (they are rebuilt). Returns (finished,
+    {damaged shard: its problems}). A damaged shard loses its stats first, so a kill during this
+    repair leaves it unfinished, never falsely finished."""
     out = Path(out)
     finished: set[str] = set()
     damaged: dict[str, list[str]] = {}
     for n in names:
         if layout.stats_path(out, n).exists():
-            problems = shard_problems(out, n, deep=deep)
+            problems = shard_problems(out, n, deep=deep, identity=identity)
             if not problems:
                 finished.add(n)
                 continue

@@ -321,3 +321,38 @@ def test_kill_9_of_a_ray_build_leaves_no_ray_process(tmp_path):
                         "--local", "--quiet"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert verify(str(out))["ok"]
+
+
+def test_unreadable_build_config_is_rewritten_and_shards_checked_against_their_settings(pristine, tmp_path):
+    """A config emptied by a crash no longer blocks the resume: each shard's stats record the
+    settings it was built with, so a shard of other settings is rebuilt, not trusted."""
+    src, hashes = pristine
+    out = tmp_path / "out"
+    shutil.copytree(src, out)
+    stats = out / "stats" / "synthetic-000000.json"
+    s = json.loads(stats.read_text())
+    s["identity"] = "0" * 16  # as if built with other settings
+    stats.write_text(json.dumps(s))
+    (out / "build-synthetic.json").write_text("")
+    assert not verify(str(out))["ok"]
+    logs = []
+    summary = run_build(_config(out), progress=False, log=logs.append)
+    assert any("unreadable" in m for m in logs)
+    assert summary["shards_repaired"] == ["synthetic-000000"]
+    assert verify(str(out))["ok"] and _files(out) == hashes
+
+
+def test_a_second_build_into_the_same_out_is_refused_while_one_runs(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = layout.lock_output(out)
+    try:
+        r = subprocess.run([PAIRGEN, "build", "--out", str(out), "--num-pairs", "1", "--local", "--quiet"],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and "another pairgen build is writing into it" in r.stderr
+        assert f"pid {os.getpid()}" in r.stderr
+    finally:
+        holder.close()
+    r = subprocess.run([PAIRGEN, "build", "--out", str(out), "--num-pairs", "1", "--local", "--quiet"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
