@@ -119,6 +119,10 @@ def cmd_sources(args) -> int:
         print(f"{name}\n  {cls.summary}\n  needs: {cls.needs}")
         if cls.layout:
             print("  layout:\n" + "\n".join("    " + line for line in cls.layout.strip().splitlines()))
+        if getattr(cls, "option_help", None):
+            print("  reader options (--reader-option KEY=VALUE):")
+            for key, text in sorted(cls.option_help.items()):
+                print(f"    {key}: {text}")
     return 0
 
 

@@ -121,6 +121,11 @@ def _check_shard(out: Path, name: str, planned: int | None, identity: str | None
         problems.append(f"{name}: stats count {stats.get('count')} != {len(keys)} samples")
     if planned is not None and stats.get("planned") not in (None, planned):
         problems.append(f"{name}: stats say {stats.get('planned')} pairs planned, the plan {planned}")
+    skipped = stats.get("skipped") if isinstance(stats.get("skipped"), dict) else {}
+    if "identity" in stats and isinstance(stats.get("count"), int) and isinstance(stats.get("planned"), int) \
+            and stats["count"] + sum(skipped.values()) != stats["planned"]:  # stats of this version count every pair
+        problems.append(f"{name}: {stats['count']} built + {sum(skipped.values())} skipped != "
+                        f"{stats['planned']} planned (a planned pair is unaccounted for)")
     try:
         table = pq.read_table(layout.manifest_path(out, name))
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several error types

@@ -33,6 +33,12 @@ DISTORTED = {"c02": (-0.04, 0.01, 0.0005, -0.0003, 0.0), "c05": (-0.03, 0.0, 0.0
 MISSING_DETECTION = ("c04", 5)  # (camera, frame): the detector found nobody (NaN row)
 PARTIAL_DETECTION = ("c02", 7)  # face joints NaN, body joints fine
 SMPL_TO_COCO_BODY = (16, 17, 18, 19, 20, 21, 1, 2, 4, 5, 7, 8)  # COCO 5..16 from SMPL joints
+# the hard variant (``hard=True``): where each camera puts the dancer, and what else goes wrong
+HARD_EDGES = {"c01": "left", "c02": "right", "c03": "top", "c04": "bottom", "c05": "corner"}
+HARD_TINY = "c06"  # focal length / 4: the dancer is below --min-person-px
+HARD_UNSEEN = {"c07": tuple(range(10, 14)), "c08": tuple(range(0, 5)) + tuple(range(25, 30))}  # NaN detections
+HARD_HALF_SIZE = "c09"  # its video is written at half the calibrated size (same aspect: rescaled)
+HARD_COPY_SEQ = "gKR_sBM_cAll_d28_mKR2_ch05"  # a copy: c01 video missing, c02 cut, c09 of another aspect
 
 
 def face_vertex_ids(anny_body) -> np.ndarray:
@@ -165,7 +171,7 @@ def _camera_json(cams: dict, width: int, height: int) -> list[dict]:
 
 def make_aist_fixture(root: Path, body, smpl_path: Path, *, seqs=DEFAULT_SEQS, n_frames: int = 30,
                       width: int = 640, height: int = 360, seed: int = 0, faults=(), layout: str = "root",
-                      schema: str = "released", keep_masks: bool = True) -> dict:
+                      schema: str = "released", keep_masks: bool = True, hard: bool = False) -> dict:
     """Write the dataset under ``root``; return its ground truth.
 
     ``layout``: "root" (annotations at ROOT, videos in ROOT/videos) or "apart" (ROOT/aist_plusplus_final
@@ -174,6 +180,13 @@ def make_aist_fixture(root: Path, body, smpl_path: Path, *, seqs=DEFAULT_SEQS, n
     ``faults``: see :func:`apply_faults`. Ground truth per sequence: cameras (cm, OpenCV), masks
     [9, N, H, W] bool (None with ``keep_masks=False``, for large benchmark datasets), joints3d
     [N, 17, 3] cm, split, subject. Real size for a benchmark: ``width=1920, height=1080``.
+
+    ``hard``: the dancer crosses the frame edges (cameras HARD_EDGES: principal points moved so the
+    studio centre sits at that edge), is tiny in HARD_TINY, undetected for a few frames or at both
+    ends of the sequence (HARD_UNSEEN), HARD_HALF_SIZE's video has half the calibrated size, and
+    HARD_COPY_SEQ (a copy of the first sequence, no re-render) lost its c01 video, has its c02 video
+    cut in half and a c09 video of another aspect; plus the "malformed_keypoints" fault. Recorded
+    in ``truth["hard"]``.
     """
     import cv2
     import torch
@@ -196,6 +209,8 @@ def make_aist_fixture(root: Path, body, smpl_path: Path, *, seqs=DEFAULT_SEQS, n
     model = smpl.model
     face_ids = face_vertex_ids(body)
     cams = make_cameras(rng, width, height)
+    if hard:
+        hard_cameras(cams, width, height)
     cams_cm = {n: {"K": c["K"], "R": c["R"], "t": 100.0 * c["t"], "dist": c["dist"]} for n, c in cams.items()}
     (anno / "cameras" / "setting1.json").write_text(json.dumps(_camera_json(cams, width, height)))
     backgrounds = {n: _static_background(rng, width, height) for n in VIEWS}
@@ -235,7 +250,8 @@ def make_aist_fixture(root: Path, body, smpl_path: Path, *, seqs=DEFAULT_SEQS, n
             ambient = np.array([0.45, 0.45, 0.45])
             lights = [(np.array([0.3, -1.0, -0.4]), np.array([1.0, 1.0, 1.0]), 3.0)]
             masks = np.zeros((9, N, height, width), bool) if keep_masks else None
-            writers = {n: VideoWriter(vids / f"{seq.replace('cAll', n)}.mp4", width, height) for n in VIEWS}
+            sizes = {n: (width // 2, height // 2) if hard and n == HARD_HALF_SIZE else (width, height) for n in VIEWS}
+            writers = {n: VideoWriter(vids / f"{seq.replace('cAll', n)}.mp4", *sizes[n]) for n in VIEWS}
             for i in range(N):
                 normals = vertex_normals(verts[i], smpl.mesh_faces)
                 views = [(verts[i].astype(np.float32), normals, Camera(c_["R"], c_["t"], c_["K"][0, 0], c_["K"][1, 1],
@@ -250,7 +266,10 @@ def make_aist_fixture(root: Path, body, smpl_path: Path, *, seqs=DEFAULT_SEQS, n
                         m = cv2.remap(m.astype(np.uint8), mx, my, cv2.INTER_NEAREST) > 0
                     if masks is not None:
                         masks[v, i] = m
-                    writers[name].write(np.where(m[..., None], colour, backgrounds[name]))
+                    frame = np.where(m[..., None], colour, backgrounds[name])
+                    if sizes[name] != (width, height):
+                        frame = cv2.resize(frame, sizes[name], interpolation=cv2.INTER_AREA)
+                    writers[name].write(frame)
             for w in writers.values():
                 w.close()
             kp2d = np.ones((9, N, 17, 3), np.float32)
@@ -262,6 +281,10 @@ def make_aist_fixture(root: Path, body, smpl_path: Path, *, seqs=DEFAULT_SEQS, n
             det[VIEWS.index(cm), fm] = 0.0
             cp, fp = PARTIAL_DETECTION
             kp2d[VIEWS.index(cp), fp, :5] = np.nan
+            if hard:
+                for cam, frames in HARD_UNSEEN.items():
+                    kp2d[VIEWS.index(cam), list(frames)] = np.nan
+                    det[VIEWS.index(cam), list(frames)] = 0.0
             if schema == "wholebody":
                 whole = [[[np.concatenate([kp2d[v, i], np.full((116, 3), 0.5, np.float32)])]
                           if np.isfinite(kp2d[v, i]).any() else [] for i in range(N)] for v in range(9)]
@@ -293,7 +316,48 @@ def make_aist_fixture(root: Path, body, smpl_path: Path, *, seqs=DEFAULT_SEQS, n
         (anno / "splits" / f"pose_{split}.txt").write_text("".join(n + "\n" for n in names))
     (anno / "ignore_list.txt").write_text(IGNORED_SEQ + "\n")
     apply_faults(truth, faults)
+    if hard:
+        make_hard(truth)
     return truth
+
+
+def hard_cameras(cams: dict, width: int, height: int) -> None:
+    """Move the principal points of HARD_EDGES so that a person at the studio centre crosses that
+    edge (its centre about a third of its size inside); zoom HARD_TINY out 4x and HARD_HALF_SIZE in 2x."""
+    for name, edge in HARD_EDGES.items():
+        c = cams[name]
+        pts = np.array([[x, y, z] for x in (-0.3, 0.3) for y in (0.0, 1.75) for z in (-0.3, 0.3)])
+        uv = project(c, pts)
+        (u0, v0), (u1, v1) = uv.min(0), uv.max(0)
+        cu, cv_, bw, bh = (u0 + u1) / 2, (v0 + v1) / 2, u1 - u0, v1 - v0
+        want_u = {"left": 0.35 * bw, "right": width - 0.35 * bw}.get(edge, cu)
+        want_v = {"top": 0.25 * bh, "bottom": height - 0.25 * bh}.get(edge, cv_)
+        if edge == "corner":
+            want_u, want_v = 0.45 * bw, 0.45 * bh
+        c["K"] = c["K"].copy()
+        c["K"][0, 2] += want_u - cu
+        c["K"][1, 2] += want_v - cv_
+    for name, zoom in ((HARD_TINY, 0.25), (HARD_HALF_SIZE, 2.0)):  # the half-size video keeps a person of 48+ px
+        c = cams[name]
+        c["K"] = c["K"].copy()
+        c["K"][0, 0] *= zoom
+        c["K"][1, 1] *= zoom
+
+
+def make_hard(truth: dict) -> None:
+    """The file problems of the hard variant (see :func:`make_aist_fixture`)."""
+    first = next(iter(truth["seqs"]))
+    add_sequence_copy(truth, first, HARD_COPY_SEQ)
+    vids = truth["videos"]
+    (vids / f"{HARD_COPY_SEQ.replace('cAll', 'c01')}.mp4").unlink()
+    p = vids / f"{HARD_COPY_SEQ.replace('cAll', 'c02')}.mp4"
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    h = truth["height"]
+    write_video(vids / f"{HARD_COPY_SEQ.replace('cAll', 'c09')}.mp4", [np.zeros((h, h, 3), np.uint8)] * 3)
+    apply_faults(truth, ("malformed_keypoints",))
+    truth["hard"] = {"edges": dict(HARD_EDGES), "tiny": HARD_TINY, "unseen": dict(HARD_UNSEEN),
+                     "half_size": HARD_HALF_SIZE, "copy": HARD_COPY_SEQ, "missing": (HARD_COPY_SEQ, "c01"),
+                     "truncated": (HARD_COPY_SEQ, "c02"), "other_aspect": (HARD_COPY_SEQ, "c09")}
 
 
 def _dump(path: Path, obj) -> None:

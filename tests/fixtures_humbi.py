@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+import hard_cases
+
 CAMERAS = (0, 1, 2, 24, 25, 60, 86, 99)
 FRAMES = (1, 11, 21, 31, 46, 61, 71, 86)
 SUBJECTS = (1, 10)
@@ -29,6 +31,12 @@ BUNDLE = "Body_1_10"
 # BODY_25 joint k = COCO-17 joint COCO_OF_BODY25[k] (None: derived below)
 COCO_OF_BODY25 = (0, None, 6, 8, 10, 5, 7, 9, None, 12, 14, 16, 11, 13, 15, 2, 1, 4, 3)
 FAULTS = ("missing_image", "missing_image_folder", "corrupt_jpeg", "bad_keypoints", "bad_camera", "bad_extrinsic")
+# the hard variant (``hard=True``, first subject): camera -> where its principal point (or zoom) puts the
+# person standing at the dome's centre; frames (indices into ``frames``) nobody is detected in; damaged images
+HARD_EDGES = {0: "left", 1: "right", 2: "top", 24: "bottom", 25: "corner", 60: "tiny"}
+HARD_UNSEEN = (0, -1)  # keypoints.txt all zeros (OpenPose found nobody): the person arrives late, leaves early
+HARD_MISSING, HARD_CORRUPT = (86, 2), (86, 3)  # (camera, frame index)
+HARD_HALF_SIZE = ((99, 3), (99, 4), (99, 5))  # single images of camera 99 written at half size
 
 
 def body25_from_coco(k: np.ndarray, heading: np.ndarray) -> np.ndarray:
@@ -85,12 +93,17 @@ def write_camera_files(body_dir: Path, cams: dict[int, object]) -> None:
 
 def make_humbi_fixture(root: Path, body, *, subjects=SUBJECTS, cameras=CAMERAS, frames=FRAMES,
                        width: int = 480, height: int = 270, faults=(), seed: int = 0,
-                       keep_masks: bool = True) -> dict:
+                       keep_masks: bool = True, hard: bool = False) -> dict:
     """Write the bundle under ``root`` and return the ground truth (see the module docstring).
 
     ``body`` is an AnnyBody. ``frames`` is a tuple of frame ids or a count (ids 1, 11, 21, ...);
     width/height 1920x1080 give HUMBI's real image size (benchmarks: ``keep_masks=False``). ``faults`` (any of FAULTS) are injected into subject ``subjects[0]``
     except ``bad_extrinsic`` (the last subject's extrinsic.txt is cut mid-block).
+
+    ``hard`` (the first subject): the cameras HARD_EDGES see the person across a frame edge or a
+    corner (principal points moved; the person walks, so some frames are further out) or tiny
+    (zoomed out); nobody is detected in the first and last frame folders (HARD_UNSEEN); one image
+    is missing, one is garbage and three are written at half size. ``truth["hard"]`` records it.
     """
     import simplejpeg
 
@@ -116,6 +129,11 @@ def make_humbi_fixture(root: Path, body, *, subjects=SUBJECTS, cameras=CAMERAS, 
             rng = np.random.default_rng([seed, 2, sid])
             rig = _camera_rig(len(cameras), width, height, rng)
             cams = dict(zip(cameras, rig))
+            hard_subject = hard and si == 0
+            if hard_subject:
+                for cid, edge in HARD_EDGES.items():
+                    box = hard_cases.standing_box(cams[cid], np.zeros(3))
+                    cams[cid] = hard_cases.moved(cams[cid], edge, box, width, height, outside=0.2)
             clip = sample_clip(rng)
             # walk a circle of radius 0.8 m: the studio is visible behind the person in most frames
             phase = rng.uniform(0, 2 * np.pi) + np.linspace(0, 2 * np.pi * 7 / 8, len(frames))
@@ -151,6 +169,8 @@ def make_humbi_fixture(root: Path, body, *, subjects=SUBJECTS, cameras=CAMERAS, 
                     if keep_masks:
                         gt["masks"][(cid, fr)] = mask
                 b25 = body25_from_coco(kps, heading[fi])
+                if hard_subject and fi in [i % len(frames) for i in HARD_UNSEEN]:
+                    b25 = np.zeros_like(b25)  # nobody detected
                 (fdir / "reconstruction" / "keypoints.txt").write_text(_fmt(b25))
                 (fdir / "reconstruction" / "smpl_vertex.txt").write_text(_fmt(verts))
                 pelvis = b25[8]
@@ -160,6 +180,20 @@ def make_humbi_fixture(root: Path, body, *, subjects=SUBJECTS, cameras=CAMERAS, 
                 gt["centre"][fr] = (verts.min(0) + verts.max(0)) / 2
                 gt["vertices"][fr] = verts if keep_masks else None
             truth["subjects"][sid] = gt
+            if hard_subject:
+                def image(cam_frame):
+                    cid, fi = cam_frame
+                    return body_dir / f"{frames[fi]:08d}" / "image" / f"image{cid:07d}.jpg"
+
+                image(HARD_MISSING).unlink()
+                hard_cases.write_garbage(image(HARD_CORRUPT))
+                for cam_frame in HARD_HALF_SIZE:
+                    hard_cases.write_half_size(image(cam_frame))
+                truth["hard"] = {"subject": sid, "edges": dict(HARD_EDGES),
+                                 "unseen": [frames[i] for i in HARD_UNSEEN],
+                                 "missing": (HARD_MISSING[0], frames[HARD_MISSING[1]]),
+                                 "corrupt": (HARD_CORRUPT[0], frames[HARD_CORRUPT[1]]),
+                                 "half_size": {(cid, frames[fi]) for cid, fi in HARD_HALF_SIZE}}
     finally:
         renderer.close()
     inject_faults(truth, faults)

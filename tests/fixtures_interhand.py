@@ -22,10 +22,20 @@ from pathlib import Path
 
 import numpy as np
 
+import hard_cases
+
 CAMS = ("400262", "400263", "400264", "400265", "400412")
 PORTRAIT = "400412"
 W, H = 512, 334
 HAND_BONES = {"right": ".R", "left": ".L"}
+# the hard variant (``hard=True``: the first train unit only): camera -> where its principal point puts the
+# right hand (the left one lands elsewhere), a camera added that sees the hands tiny, hands not annotated
+# in some frames (frame indices), damaged images ((camera, frame index))
+HARD_EDGES = {"400262": "left", "400263": "right", "400264": "top", "400265": "bottom", "400412": "corner"}
+HARD_TINY = "400300"  # a copy of camera 400262 zoomed out 10x
+HARD_PLAIN = "400301"  # a copy of camera 400263 as it was (the hands whole in the picture)
+HARD_UNLABELLED = {"left": (0, 1, 6, 7), "right": (4,)}  # the left hand's track starts late and ends early
+HARD_MISSING, HARD_CORRUPT, HARD_HALF_SIZE = ("400264", 6), ("400265", 3), ("400301", 5)
 
 
 @dataclass
@@ -185,7 +195,7 @@ def _skeleton_txt() -> str:
 
 
 def make_interhand_fixture(root, body, frames: int = 8, val_frames: int = 6, faults=(), seed: int = 0,
-                           quality: int = 92, mano_dir: Path | None = None) -> dict:
+                           quality: int = 92, mano_dir: Path | None = None, hard: bool = False) -> dict:
     """Write the fixture under ``root``; return {"units": {name: UnitTruth}, "faults": {...}}.
 
     mano_dir: also write test MANO model files there (:mod:`mano_fixture`, a shape basis spanning
@@ -195,6 +205,13 @@ def make_interhand_fixture(root, body, frames: int = 8, val_frames: int = 6, fau
     faults: "corrupt_jpeg" (garbage bytes in one train image), "missing_camera" (one camera
     folder of train/Capture0 removed), "bad_camera" (Capture1's entry of the train _camera.json
     malformed), "bad_joint3d" (the val _joint_3d.json truncated).
+
+    hard: only the first train unit, whose cameras HARD_EDGES see the right hand across a frame
+    edge or a corner (principal points moved), plus camera HARD_TINY that sees both hands tiny and
+    HARD_PLAIN, an unmoved copy of the second camera;
+    a hand is not annotated in the frames HARD_UNLABELLED (joint_valid 0, hand_type the other
+    hand); one image is missing, one is garbage, one is written at half size. Recorded in the
+    returned "hard".
     """
     import cv2
     import torch  # noqa: F401  (anny)
@@ -209,6 +226,8 @@ def make_interhand_fixture(root, body, frames: int = 8, val_frames: int = 6, fau
     specs = [("train", 0, "0000_fixture_clap", 1, frames, 18, 10008),
              ("train", 1, "0001_fixture_wave", 2, frames, 18, 20016),
              ("val", 0, "ROM01_fixture_interaction", 3, val_frames, 6, 30000)]
+    if hard:
+        specs = specs[:1]
     data = {s: {"images": [], "annotations": [], "categories": [{"id": 1, "name": "hand"}]} for s in ("train", "val")}
     camera_json: dict[str, dict] = {"train": {}, "val": {}}
     joint_json: dict[str, dict] = {"train": {}, "val": {}}
@@ -226,7 +245,19 @@ def make_interhand_fixture(root, body, frames: int = 8, val_frames: int = 6, fau
             hand_pts = np.concatenate([verts[:, rig[h]["vertices"]].reshape(-1, 3) for h in ("right", "left")])
             target = hand_pts.mean(0)
             cams = _cameras(rng, target, hand_pts[::7])
+            if hard:
+                cams[HARD_PLAIN] = cams[CAMS[1]]
+                right = verts[:, rig["right"]["vertices"]].reshape(-1, 3)[::7]
+                for c, edge in HARD_EDGES.items():
+                    uv, _ = cams[c].project(right)
+                    box = np.array([*uv.min(0), *uv.max(0)])
+                    cams[c] = hard_cases.moved(cams[c], edge, box, cams[c].width, cams[c].height)
+                base = cams[CAMS[0]]
+                cams[HARD_TINY] = type(base)(R=base.R, t=base.t, fx=base.fx / 10, fy=base.fy / 10, cx=base.cx,
+                                             cy=base.cy, width=base.width, height=base.height)
             bgs = {c: _background(rng, cams[c].width, cams[c].height) for c in CAMS}
+            if hard:
+                bgs[HARD_TINY], bgs[HARD_PLAIN] = bgs[CAMS[0]], bgs[CAMS[1]]
             texture, _ = appearance.random_outfit_texture(rng, rend.regions)
             ambient, lights = appearance.random_lighting(rng)
             name = f"{split}/Capture{capture}/{seq}"
@@ -263,6 +294,10 @@ def make_interhand_fixture(root, body, frames: int = 8, val_frames: int = 6, fau
                     for hi, h in enumerate(("right", "left")):
                         ut.masks[(h, c, fr)] = fg & (ids[..., hi] > 127)
                         ut.visible[(h, c, fr)] = int(inside[21 * hi:21 * hi + 21].sum())
+                    if hard:
+                        for hi, h in enumerate(("right", "left")):
+                            if i in HARD_UNLABELLED[h]:
+                                inside[21 * hi:21 * hi + 21] = False
                     nr, nl = inside[:21].sum(), inside[21:].sum()
                     htype = "interacting" if nr and nl else ("right" if nr else "left")
                     image_id = len(data[split]["images"])
@@ -301,6 +336,20 @@ def make_interhand_fixture(root, body, frames: int = 8, val_frames: int = 6, fau
             _write_json(ann / split / f"InterHand2.6M_{split}_MANO_NeuralAnnot.json", mano_json[split])
 
     applied = {}
+    if hard:
+        u = next(iter(truth.values()))
+
+        def image(cam_frame):
+            c, i = cam_frame
+            return root / "images" / u.split / f"Capture{u.capture}/{u.seq}/cam{c}/image{u.frames[i]}.jpg"
+
+        image(HARD_MISSING).unlink()
+        hard_cases.write_garbage(image(HARD_CORRUPT))
+        hard_cases.write_half_size(image(HARD_HALF_SIZE))
+        damaged = (("missing", HARD_MISSING), ("corrupt", HARD_CORRUPT), ("half_size", HARD_HALF_SIZE))
+        applied["hard"] = {"unit": u.name, "edges": dict(HARD_EDGES), "tiny": HARD_TINY,
+                           "unlabelled": {h: [u.frames[i] for i in fi] for h, fi in HARD_UNLABELLED.items()},
+                           **{k: (c, u.frames[i]) for k, (c, i) in damaged}}
     if "corrupt_jpeg" in faults:
         u = truth["train/Capture0/0000_fixture_clap"]
         p = root / "images" / "train" / f"Capture0/{u.seq}/cam{CAMS[0]}/image{u.frames[2]}.jpg"
@@ -322,4 +371,4 @@ def make_interhand_fixture(root, body, frames: int = 8, val_frames: int = 6, fau
         txt = p.read_text()
         p.write_text(txt[: len(txt) // 2])
         applied["bad_joint3d"] = "val/Capture0/ROM01_fixture_interaction"
-    return {"units": truth, "faults": applied}
+    return {"units": truth, "faults": applied, "hard": applied.pop("hard", None)}

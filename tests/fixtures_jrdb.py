@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+import hard_cases
+
 SPLIT_DIR = "train_dataset_with_activity"
 SEQUENCES = {"bytes-cafe-2019-02-07_0": 16, "gates-ai-lab-2019-02-08_0": 8}  # name: frames
 CAMS = ("image_0", "image_2")
@@ -44,6 +46,14 @@ INDIVIDUAL_HFOV_DEG = 100.0
 WALKERS = {1: (3.8, -10.0, -50.0), 2: (6.0, -20.0, -30.0), 5: (4.5, -85.0, -100.0)}
 SEAM_TRACK = 9
 FAULTS = ("malformed_labels", "malformed_camera_labels", "corrupt_jpeg", "missing_frames", "single_frame_track")
+# the hard variant (``hard=True``: the first sequence, >= 24 frames): frame -> where image_0 (the robot
+# turning, tilting, zooming: its principal point and focal length move) puts pedestrian 1
+HARD_CAM, HARD_TRACK = "image_0", 1
+HARD_PANS = {5: "left", 6: "left", 7: "right", 8: "right", 9: "top", 10: "top", 11: "bottom", 12: "bottom",
+             13: "corner", 14: "corner", 15: "tiny", 16: "tiny"}
+HARD_UNLABELLED = {2: (8, 9, 10)}  # track -> frames it is not labelled in (any view)
+HARD_SPAN = {5: (4, 19)}  # track -> first and last labelled frame (any view): tracks that start and end mid-way
+HARD_MISSING, HARD_CORRUPT, HARD_HALF_SIZE = ("image_2", 20), ("image_2", 3), ("image_0", 17)  # (camera, frame)
 # JRDB-Pose order from COCO-17 (+ derived joints): head, r eye, l eye, r sho, neck, l sho, r elb, l elb,
 # tailbone, r hand, r hip, l hip, l hand, r knee, l knee, r foot, l foot
 JRDB_NAMES = ("head", "right eye", "left eye", "right shoulder", "neck", "left shoulder", "right elbow", "left elbow",
@@ -128,12 +138,18 @@ def _write_calibration(split_dir: Path, W: int, H: int, individual) -> None:
 
 
 def make_jrdb_fixture(root: Path, body, *, sequences: dict | None = None, scale: float = 1.0, faults=(),
-                      seed: int = 0, keep_masks: bool = True) -> dict:
+                      seed: int = 0, keep_masks: bool = True, hard: bool = False) -> dict:
     """Write ``root/train_dataset_with_activity`` and return the ground truth (module docstring).
 
     ``sequences`` = {name: number of frames} (default SEQUENCES); ``scale`` scales the image sizes
     (1: JRDB's 752x480 and 3760x480); ``faults`` (any of FAULTS) are injected by
     :func:`inject_faults`.
+
+    ``hard`` (the first sequence, >= 24 frames): image_0 turns, tilts and zooms out frame by frame so
+    that pedestrian 1 crosses each frame edge and a corner and then is tiny (HARD_PANS; its boxes
+    there are labelled truncated); pedestrian 2 is unlabelled for a few frames, pedestrian 5 is
+    labelled only from frame 4 to 19; one image_2 frame is missing, another is garbage, and an
+    image_0 frame is written at half size. ``truth["hard"]`` records it.
     """
     import simplejpeg
 
@@ -172,6 +188,12 @@ def make_jrdb_fixture(root: Path, body, *, sequences: dict | None = None, scale:
                 texture, _ = appearance.random_outfit_texture(rng, regions)
                 people[track] = (posed, pos, texture, appearance.random_lighting(rng))
             views = list(CAMS) + [STITCHED]
+            hard_seq = hard and si == 0
+            frame_cams = [dict(individual) for _ in range(n_frames)]
+            if hard_seq:  # pedestrian 1's box in the still camera decides each move of image_0
+                for f, edge in HARD_PANS.items():
+                    box = hard_cases.standing_box(individual[HARD_CAM], people[HARD_TRACK][1][f])
+                    frame_cams[f][HARD_CAM] = hard_cases.moved(individual[HARD_CAM], edge, box, W, H)
             gt = {"n_frames": n_frames, "masks": {}, "joints": {}, "occlusion": {}, "truncated": {}, "boxes": {},
                   "pose_v": {}}
             labels = {v: {} for v in views}
@@ -187,7 +209,7 @@ def make_jrdb_fixture(root: Path, body, *, sequences: dict | None = None, scale:
                     jr = jrdb_joints(coco, verts[:, 2].max())
                     split, normals = body.surface(verts)
                     az = np.degrees(np.arctan2(pos[f, 1], pos[f, 0]))
-                    todo = [(c, individual[c]) for c in CAMS
+                    todo = [(c, frame_cams[f][c]) for c in CAMS
                             if abs((az + SLOT_DEG * int(c.split("_")[1]) / 2 + 180) % 360 - 180) < 65]
                     todo += [(m, slots[m]) for m in slots if abs((az + SLOT_DEG * m + 180) % 360 - 180) < 55]
                     rendered = renderer.render([(split, normals, c) for _, c in todo], texture, ambient, lights)
@@ -225,6 +247,9 @@ def make_jrdb_fixture(root: Path, body, *, sequences: dict | None = None, scale:
                         alone = depth > 0
                         if not alone.any():
                             continue
+                        first, last = HARD_SPAN.get(track, (0, n_frames)) if hard_seq else (0, n_frames)
+                        if hard_seq and (f in HARD_UNLABELLED.get(track, ()) or not first <= f <= last):
+                            continue  # not labelled there
                         visible = alone & (depth <= nearest + 1e-6)
                         frac = visible.sum() / alone.sum()
                         ys, xs = np.nonzero(alone)
@@ -279,6 +304,18 @@ def make_jrdb_fixture(root: Path, body, *, sequences: dict | None = None, scale:
             (lab / "labels_2d_pose_stitched_coco" / f"{seq}.json").write_text(
                 json.dumps(_pose_json(seq, STITCHED, n_frames, poses[STITCHED])))
             truth["sequences"][seq] = gt
+            if hard_seq:
+                gt["cameras"] = frame_cams
+
+                def image(cam_frame):
+                    return split_dir / "images" / cam_frame[0] / seq / f"{cam_frame[1]:06d}.jpg"
+
+                image(HARD_MISSING).unlink()
+                hard_cases.write_garbage(image(HARD_CORRUPT))
+                hard_cases.write_half_size(image(HARD_HALF_SIZE))
+                truth["hard"] = {"seq": seq, "cam": HARD_CAM, "track": str(HARD_TRACK), "pans": dict(HARD_PANS),
+                                 "unlabelled": dict(HARD_UNLABELLED), "span": dict(HARD_SPAN), "missing": HARD_MISSING,
+                                 "corrupt": HARD_CORRUPT, "half_size": HARD_HALF_SIZE}
     finally:
         renderer.close()
     inject_faults(truth, faults)

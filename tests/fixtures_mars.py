@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+import hard_cases
+
 CROP_W, CROP_H = 128, 256
 CAMERAS = {  # MARS camera id -> (centre, look-at target), metres, +Z up
     1: ((0.0, -6.0, 2.2), (0.0, 0.3, 0.9)),
@@ -75,8 +77,12 @@ def to_crop_pixels(uv: np.ndarray, box: np.ndarray) -> np.ndarray:
 
 
 def make_mars_fixture(root: Path, body, *, n_frames: int = 24, fps: float = 25.0, width: int = 320,
-                      height: int = 240, max_tracklet: int = 12, faults=(), seed: int = 0) -> dict:
-    """Write the dataset under ``root`` and return the ground truth (see the module docstring)."""
+                      height: int = 240, max_tracklet: int = 12, faults=(), seed: int = 0, hard: bool = False) -> dict:
+    """Write the dataset under ``root`` and return the ground truth (see the module docstring).
+
+    ``hard``: see :func:`make_hard` (every MARS crop already crosses all four edges of its square
+    crop: the person box spans the image height).
+    """
     import cv2
     import simplejpeg
     from scipy.io import savemat
@@ -205,7 +211,38 @@ def make_mars_fixture(root: Path, body, *, n_frames: int = 24, fps: float = 25.0
     savemat(str(info / "tracks_train_info.mat"), {"track_train_info": np.array(info_rows, np.float64)})
     truth["info_rows"] = info_rows
     inject_faults(truth, faults)
+    if hard:
+        make_hard(truth)
     return truth
+
+
+def make_hard(truth: dict) -> dict:
+    """The hard variant's damage, recorded in ``truth["hard"]``: a train tracklet of low-resolution
+    crops (32x16: people below --min-person-px), a test tracklet with a gap (frames 3-5 absent:
+    the person was not detected there), two half-size frames (64x128) inside a train tracklet, plus
+    the faults "corrupt_jpeg" (a garbage frame) and "missing_listed_files" (listed, not on disk)."""
+    import cv2
+    import simplejpeg
+
+    train = sorted(t for t in truth["tracklets"] if truth["images"][(t, 1)]["split"] == "train")
+    test = sorted(t for t in truth["tracklets"] if truth["images"][(t, 1)]["split"] == "test")
+    tiny = train[2]
+    for F in truth["tracklets"][tiny]:
+        p = truth["images"][(tiny, F)]["path"]
+        img = simplejpeg.decode_jpeg(p.read_bytes())
+        p.write_bytes(simplejpeg.encode_jpeg(cv2.resize(img, (CROP_W // 8, CROP_H // 8), interpolation=cv2.INTER_AREA),
+                                             quality=92))
+    gap_track, gap = test[0], [3, 4, 5]
+    for F in gap:
+        truth["images"].pop((gap_track, F))["path"].unlink()
+    truth["tracklets"][gap_track] = [F for F in truth["tracklets"][gap_track] if F not in gap]
+    half = {(train[0], 2), (train[0], 9)}
+    for key in sorted(half):
+        hard_cases.write_half_size(truth["images"][key]["path"], quality=92)
+    inject_faults(truth, ("corrupt_jpeg", "missing_listed_files"))
+    truth["hard"] = {"tiny": tiny, "gap": (gap_track, gap), "half_size": half,
+                     "corrupt": truth["faults"]["corrupt_jpeg"], "missing": truth["faults"]["missing_listed_files"]}
+    return truth["hard"]
 
 
 def copy_fixture(truth: dict, dest: Path) -> dict:

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+import hard_cases
+
 FPS = 30.0
 # video id -> (frames, train, bbox format, with a second person)
 VIDEOS = {1: (16, True, "xyxy", True), 2: (18, True, "xyxy", False), 3: (16, False, "xywh", False),
@@ -35,6 +37,13 @@ VIDEOS = {1: (16, True, "xyxy", True), 2: (18, True, "xyxy", False), 3: (16, Fal
 COCO_OF_PENN = (None, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)  # README order; head from eyes/ears
 FAULTS = ("bad_mat", "corrupt_jpeg", "missing_frames", "single_frame")
 MOTIONS = ("walk", "jumping_jacks", "throw", "kick", "boxing", "run", "squat")
+# the hard variant (``hard=True``: its first video, >= 24 frames): frame (1-based) -> where the camera
+# (panning, zooming) puts the person; frames where nobody is labelled; damaged frame files
+HARD_PANS = {5: "left", 6: "left", 7: "right", 8: "right", 9: "top", 10: "top", 11: "bottom", 12: "bottom",
+             13: "corner", 14: "corner", 15: "tiny", 16: "tiny"}
+HARD_UNLABELLED = (1, 2, 23, 24)  # no joint visible, no box: the person's track starts late and ends early
+HARD_OCCLUDED = (17, 18)  # every joint marked invisible (the box kept): fully occluded
+HARD_CORRUPT, HARD_HALF_SIZE, HARD_MISSING = 19, 20, 21
 
 
 def _camera(width: int, height: int, rng):
@@ -85,11 +94,17 @@ def _savemat(path: Path, labels: dict) -> None:
 
 
 def make_pennaction_fixture(root: Path, body, *, videos: dict = VIDEOS, width: int = 480, height: int = 270,
-                            faults=(), seed: int = 0, keep_masks: bool = True) -> dict:
+                            faults=(), seed: int = 0, keep_masks: bool = True, hard: bool = False) -> dict:
     """Write the dataset under ``root/Penn_Action`` and return the ground truth (module docstring).
 
     ``body`` is an AnnyBody. 1920x1080 gives full-HD frames for benchmarks (``keep_masks=False``
     there). ``faults`` (any of FAULTS) are injected by :func:`inject_faults`.
+
+    ``hard``: in the first video (>= 24 frames) the camera pans so that the person crosses each
+    frame edge and a corner, and zooms out so that they are tiny (HARD_PANS); nobody is labelled in
+    its first and last two frames (HARD_UNLABELLED), every joint is invisible in HARD_OCCLUDED,
+    frame HARD_CORRUPT is garbage, HARD_HALF_SIZE is written at half size and HARD_MISSING is
+    deleted. ``gt["cameras"][frame]`` is each frame's camera; ``truth["hard"]`` what was done.
     """
     import simplejpeg
 
@@ -108,11 +123,18 @@ def make_pennaction_fixture(root: Path, body, *, videos: dict = VIDEOS, width: i
         for n, (vid, (T, train, bbox_format, second)) in enumerate(sorted(videos.items())):
             rng = np.random.default_rng([seed, vid])
             cam = _camera(width, height, rng)
+            hard_video = hard and n == 0
             bg = background.procedural_background(np.random.default_rng([seed, vid, 1]), max(width, height))
             bg = bg[:height, :width]
             direction = 1 if rng.random() < 0.5 else -1
             start, end = np.array([-0.35 * direction, 0, 0]), np.array([0.35 * direction, 0, 0])
             people = [_person(body, rng, T, start, end, (motions[n % len(motions)],))]
+            cams = {f: cam for f in range(1, T + 1)}
+            if hard_video:  # the person's box with the still camera decides each pan
+                for f, edge in HARD_PANS.items():
+                    v = people[0][0][f - 1]
+                    uv, _ = cam.project(v[:: max(1, len(v) // 2000)])
+                    cams[f] = hard_cases.moved(cam, edge, np.array([*uv.min(0), *uv.max(0)]), width, height)
             if second:  # behind the target, walking the other way: the two cross in the image
                 people.append(_person(body, rng, T, np.array([0.9 * direction, 2.0, 0]),
                                       np.array([-0.9 * direction, 2.0, 0]), ("walk",) if "walk" in motions else motions))
@@ -128,7 +150,7 @@ def make_pennaction_fixture(root: Path, body, *, videos: dict = VIDEOS, width: i
                 f = i + 1
                 renders = []
                 for (verts, _, _, _), (tex, ambient, lights) in zip(people, looks):
-                    renders.append(renderer.render([(*body.surface(verts[i]), cam)], tex, ambient, lights)[0])
+                    renders.append(renderer.render([(*body.surface(verts[i]), cams[f])], tex, ambient, lights)[0])
                 img = bg.astype(np.float64)
                 depth = np.full((height, width), np.inf)
                 owner = np.full((height, width), -1)
@@ -140,18 +162,23 @@ def make_pennaction_fixture(root: Path, body, *, videos: dict = VIDEOS, width: i
                 img = np.clip(img + rng.normal(0, 2.0, img.shape), 0, 255).astype(np.uint8)
                 (folder / f"{f:06d}.jpg").write_bytes(simplejpeg.encode_jpeg(img, quality=90))
                 mask = owner == 0
-                uv = penn_joints(cam, people[0][1][i])
+                uv = penn_joints(cams[f], people[0][1][i])
                 x[i], y[i] = uv[:, 0], uv[:, 1]
                 vis[i] = (uv[:, 0] >= 0) & (uv[:, 0] < width) & (uv[:, 1] >= 0) & (uv[:, 1] < height)
                 ys, xs = np.nonzero(renders[0][1] > 0)  # the annotated box spans the whole person
                 bbox[i] = [xs.min() - 2, ys.min() - 2, xs.max() + 2, ys.max() + 2]
+                if hard_video and f in HARD_UNLABELLED:
+                    vis[i], bbox[i] = False, 0.0
                 if keep_masks:
                     gt["masks"][f] = mask
                     gt["other"][f] = owner == 1 if second else None
                 gt["joints"][f] = uv
-                gt["coco"][f] = cam.project(people[0][1][i])[0]
+                gt["coco"][f] = cams[f].project(people[0][1][i])[0]
             if vid == 2:  # an occluded-wrist label: position kept, visibility 0
                 vis[2:5, 5] = False
+            if hard_video:
+                vis[[f - 1 for f in HARD_OCCLUDED]] = False
+                gt["cameras"] = cams
             gt["visibility"] = vis.copy()
             gt["bbox"] = bbox.copy()  # x1 y1 x2 y2
             if bbox_format == "xywh":
@@ -163,10 +190,22 @@ def make_pennaction_fixture(root: Path, body, *, videos: dict = VIDEOS, width: i
                 "train": np.array([[1.0 if train else -1.0]]), "bbox": bbox,
                 "dimensions": np.array([[float(height), float(width), float(T)]]), "nframes": np.array([[float(T)]])})
             truth["videos"][vid] = gt
+            if hard_video:
+                truth["hard"] = make_hard(base, vid)
     finally:
         renderer.close()
     inject_faults(truth, faults)
     return truth
+
+
+def make_hard(base: Path, vid: int) -> dict:
+    """The damaged frame files of the hard variant (see :func:`make_pennaction_fixture`)."""
+    folder = base / "frames" / f"{vid:04d}"
+    hard_cases.write_garbage(folder / f"{HARD_CORRUPT:06d}.jpg")
+    hard_cases.write_half_size(folder / f"{HARD_HALF_SIZE:06d}.jpg")
+    (folder / f"{HARD_MISSING:06d}.jpg").unlink()
+    return {"video": f"{vid:04d}", "pans": dict(HARD_PANS), "unlabelled": HARD_UNLABELLED,
+            "occluded": HARD_OCCLUDED, "corrupt": HARD_CORRUPT, "half_size": HARD_HALF_SIZE, "missing": HARD_MISSING}
 
 
 def inject_faults(truth: dict, faults, base: Path | None = None) -> dict:

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+import hard_cases
+
 FPS = 25.0
 FORMATS = ("pt18", "pt21")
 FAULTS = ("malformed_json", "corrupt_jpeg", "missing_frames", "single_frame_track")
@@ -44,6 +46,13 @@ SKELETON = [[16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], 
 # people: (track id, start [x, y] m, velocity [vx, vy] m/s, motion)
 PEOPLE = ((0, (-0.95, 0.2), (0.95, -0.5), "walk"), (1, (1.25, 1.2), (-0.8, -0.3), "walk"))
 BYSTANDER = (2, (-2.5, 3.0), (0.0, 0.0), "wave")  # val only, inside the ignore region
+# the hard variant (``hard=True``, train video, >= 24 frames): frame -> where the camera (panning and
+# zooming) puts person A (track 0), and the file problems
+HARD_PANS = {3: "left", 4: "left", 5: "right", 6: "right", 8: "top", 9: "top", 10: "bottom", 11: "bottom",
+             12: "corner", 13: "corner", 14: "tiny", 15: "tiny"}
+HARD_UNLABELLED = {1: (8, 9, 10)}  # track -> labelled frames whose annotation of that person is left out
+HARD_TRACK_SPAN = {1: (4, 19)}  # track -> first and last frame it is annotated in (a track starting mid-video)
+HARD_MISSING, HARD_CORRUPT, HARD_HALF_SIZE = 20, 2, 16  # labelled frames: file deleted, garbage, half-size JPEG
 
 
 def labelled_frames(split: str, n: int) -> list[int]:
@@ -62,9 +71,19 @@ def _box_xywh(mask: np.ndarray) -> list[float]:
 
 
 def make_posetrack_fixture(root: Path, body, *, formats=FORMATS, frames: int = 16, width: int = 384,
-                           height: int = 288, faults=(), seed: int = 0, keep_masks: bool = True) -> dict:
+                           height: int = 288, faults=(), seed: int = 0, keep_masks: bool = True,
+                           videos=VIDEOS, hard: bool = False) -> dict:
     """Write the trees under ``root`` and return the ground truth (see the module docstring).
-    1920x1080 gives full-HD frames for the benchmark (``keep_masks=False`` there)."""
+    1920x1080 gives full-HD frames for the benchmark (``keep_masks=False`` there). ``videos``: a
+    subset of VIDEOS.
+
+    ``hard`` (the train video; ``frames`` >= 24): the camera pans so that A crosses each frame edge
+    and a corner and zooms out so that everyone is tiny (HARD_PANS), B is unannotated for a few
+    frames and annotated only from frame 4 to 19 (HARD_UNLABELLED, HARD_TRACK_SPAN), frame
+    HARD_MISSING's image is deleted, HARD_CORRUPT's is garbage and HARD_HALF_SIZE's is written at
+    half size. ``truth["videos"][v]["cameras"][frame]`` is each frame's camera, ``truth["hard"]``
+    what was done.
+    """
     import simplejpeg
 
     from pairgen.synthetic import appearance, background
@@ -85,6 +104,15 @@ def make_posetrack_fixture(root: Path, body, *, formats=FORMATS, frames: int = 1
     docs: dict[str, dict] = {}
     try:
         for vi, (video, split, T, seq_idx) in enumerate(VIDEOS):
+            if (video, split, T, seq_idx) not in videos:
+                continue
+            hard_video = hard and split == "train"
+            cams = [cam] * frames
+            if hard_video:  # A's box (standing, 0.6 m wide, 1.8 m tall) with the still camera decides each pan
+                _, start, vel, _ = PEOPLE[0]
+                for fi, edge in HARD_PANS.items():
+                    foot = np.array([*(np.array(start) + np.array(vel) * times[fi]), 0.0])
+                    cams[fi] = hard_cases.moved(cam, edge, hard_cases.standing_box(cam, foot), width, height)
             rng = np.random.default_rng([seed, vi])
             bg = background.procedural_background(rng, max(width, height))[:height, :width]
             people = PEOPLE + ((BYSTANDER,) if split == "val" else ())
@@ -109,11 +137,11 @@ def make_posetrack_fixture(root: Path, body, *, formats=FORMATS, frames: int = 1
                     lift = np.array([0.0, 0.0, -verts[:, 2].min()]) + pos
                     verts = verts + lift
                     kps = posed.keypoints[fi].astype(np.float64) + lift
-                    (colour, depth), = renderer.render([(*body.surface(verts), cam)], texture, ambient,
+                    (colour, depth), = renderer.render([(*body.surface(verts), cams[fi])], texture, ambient,
                                                        lights)
                     cols.append(colour)
                     deps.append(depth)
-                    uv, _ = cam.project(kps)
+                    uv, _ = cams[fi].project(kps)
                     j2d.append(uv)
                     # PoseTrack joints: nose, head_bottom, head_top, ears (placeholders), body as COCO
                     neck = (kps[5] + kps[6]) / 2
@@ -122,7 +150,7 @@ def make_posetrack_fixture(root: Path, body, *, formats=FORMATS, frames: int = 1
                     near = verts[np.linalg.norm(verts - centre, axis=1) < 0.2]
                     head_top = near[np.argmax(near[:, 2])]
                     p3 = np.concatenate([kps[:1], [head_bottom, head_top], np.zeros((2, 3)), kps[5:]])
-                    puv, _ = cam.project(p3)
+                    puv, _ = cams[fi].project(p3)
                     inside = (puv[:, 0] >= 0) & (puv[:, 0] < width) & (puv[:, 1] >= 0) & (puv[:, 1] < height)
                     inside[3:5] = False
                     pts.append(np.where(inside[:, None], np.column_stack([puv, np.ones(17)]), 0.0))
@@ -141,7 +169,7 @@ def make_posetrack_fixture(root: Path, body, *, formats=FORMATS, frames: int = 1
                     img[own] = renders[tid][0][fi][own]
                     tr = tracks[tid]
                     tr["joints2d"][fi] = renders[tid][2][fi]
-                    tr["boxes"][fi] = _box_xywh(depth[pi] > 0)
+                    tr["boxes"][fi] = _box_xywh(depth[pi] > 0) if (depth[pi] > 0).any() else None
                     if keep_masks:
                         tr["masks"][fi] = own
                 img = np.clip(img.astype(np.int16) + rng.normal(0, 2.0, img.shape), 0, 255).astype(np.uint8)
@@ -162,7 +190,8 @@ def make_posetrack_fixture(root: Path, body, *, formats=FORMATS, frames: int = 1
                 ignore = ([[x0 - gx, x1 + gx, x1 + gx, x0 - gx]], [[y0 - gy, y0 - gy, y1 + gy, y1 + gy]])
             labelled = labelled_frames(split, frames)
             truth["videos"][video] = {"split": split, "camera": cam, "labelled": labelled, "tracks": tracks,
-                                      "ignored_track": 2 if ignore else None, "ignore_region": ignore}
+                                      "ignored_track": 2 if ignore else None, "ignore_region": ignore,
+                                      "cameras": cams}
             for fmt in formats:
                 doc = {"images": [], "annotations": [], "categories": [
                     {"supercategory": "person", "id": 1, "name": "person", "keypoints": PT_NAMES,
@@ -180,6 +209,11 @@ def make_posetrack_fixture(root: Path, body, *, formats=FORMATS, frames: int = 1
                     if not lab:
                         continue
                     for pi, tid in enumerate(renders):
+                        first, last = HARD_TRACK_SPAN.get(tid, (0, frames)) if hard_video else (0, frames)
+                        if hard_video and (fi in HARD_UNLABELLED.get(tid, ()) or not first <= fi <= last):
+                            continue  # not annotated there
+                        if tracks[tid]["boxes"][fi] is None:
+                            continue  # out of the picture (the camera panned away)
                         pt = renders[tid][3][fi]
                         top, bottom = pt[2, :2], pt[1, :2]
                         side = float(np.linalg.norm(top - bottom))
@@ -195,6 +229,8 @@ def make_posetrack_fixture(root: Path, body, *, formats=FORMATS, frames: int = 1
                 jp = annotation_path(root / fmt, fmt, split, video)
                 jp.parent.mkdir(parents=True, exist_ok=True)
                 jp.write_text(json.dumps(doc))
+            if hard_video:
+                truth["hard"] = make_hard(root, formats, split, video)
     finally:
         renderer.close()
     truth["docs"] = docs
@@ -202,6 +238,18 @@ def make_posetrack_fixture(root: Path, body, *, formats=FORMATS, frames: int = 1
         if faults:
             truth["faults"][fmt] = inject_faults(truth, faults, fmt)
     return truth
+
+
+def make_hard(root: Path, formats, split: str, video: str) -> dict:
+    """The file problems of the hard variant (see :func:`make_posetrack_fixture`)."""
+    for fmt in formats:
+        folder = root / fmt / "images" / split / video
+        (folder / f"{HARD_MISSING:06d}.jpg").unlink()
+        hard_cases.write_garbage(folder / f"{HARD_CORRUPT:06d}.jpg")
+        hard_cases.write_half_size(folder / f"{HARD_HALF_SIZE:06d}.jpg")
+    return {"video": video, "pans": dict(HARD_PANS), "unlabelled": dict(HARD_UNLABELLED),
+            "track_span": dict(HARD_TRACK_SPAN), "missing": HARD_MISSING, "corrupt": HARD_CORRUPT,
+            "half_size": HARD_HALF_SIZE}
 
 
 def annotation_path(tree: Path, fmt: str, split: str, video: str) -> Path:

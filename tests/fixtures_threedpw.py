@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+import hard_cases
+
 FPS = 30.0
 # (sequence, split folder, number of actors)
 DEFAULT_SEQS = (("courtyard_walkPair_00", "train", 2), ("downtown_walkPair_01", "test", 2),
@@ -33,6 +35,12 @@ MISSING_IMAGES = (5, 6)  # frames of the first sequence whose JPEGs are deleted 
 CORRUPT_IMAGES = (2, 9, 13, 16)  # frames of the second sequence overwritten with garbage ("corrupt_jpeg")
 # OpenPose COCO-18 from SMPL joints (-1..-5: face points nose, r_eye, l_eye, r_ear, l_ear)
 OP18_FROM_SMPL = (-1, 12, 17, 19, 21, 16, 18, 20, 2, 5, 8, 1, 4, 7, -2, -3, -4, -5)
+# the hard variant (``hard=True``: the first sequence, >= 24 frames): frame -> where the camera (turned,
+# or moved 25 m back for "tiny") puts actor 0; actor 1's valid span; damaged image files
+HARD_PANS = {5: "left", 6: "left", 7: "right", 8: "right", 9: "top", 10: "top", 11: "bottom", 12: "bottom",
+             13: "corner", 14: "corner", 15: "tiny", 16: "tiny"}
+HARD_SPAN = {1: (4, 19)}  # actor -> first and last valid frame: a track that starts and ends mid-sequence
+HARD_CORRUPT, HARD_HALF_SIZE, HARD_MISSING = 2, 17, 18
 
 
 def face_vertex_ids(model) -> np.ndarray:
@@ -68,13 +76,19 @@ def _dump(path: Path, obj) -> None:
 
 def make_threedpw_fixture(root: Path, smpl_path: Path, *, seqs=DEFAULT_SEQS, n_frames: int = 20,
                           width: int = 360, height: int = 640, seed: int = 0, faults=(),
-                          keep_masks: bool = True) -> dict:
+                          keep_masks: bool = True, hard: bool = False) -> dict:
     """Write the dataset under ``root``; return its ground truth.
 
     Ground truth per sequence: split (folder name), K, cam_poses [N, 4, 4] w2c, and per actor
     ``joints`` [N, 29, 3] world (24 SMPL joints + 5 face points), ``valid`` [N] (campose_valid),
     ``masks`` [N, H, W] bool (visible part; None with ``keep_masks=False``). Real size for a
     benchmark: ``width=1080, height=1920`` (3DPW is mostly portrait).
+
+    ``hard``: in the first sequence (>= 24 frames) the camera turns so that actor 0 crosses each
+    frame edge and a corner, and steps 25 m back so that both actors are tiny (HARD_PANS: 3DPW has
+    one intrinsic matrix per sequence, so the camera pose does it); actor 1 is valid only from
+    frame 4 to 19 (HARD_SPAN); image HARD_CORRUPT is garbage, HARD_HALF_SIZE is written at half
+    size and HARD_MISSING is deleted. ``truth["hard"]`` records it.
     """
     import cv2
     import simplejpeg
@@ -119,6 +133,9 @@ def make_threedpw_fixture(root: Path, smpl_path: Path, *, seqs=DEFAULT_SEQS, n_f
                 target = np.array([mid[i] + 0.05 * np.sin(2 * np.pi * 0.9 * t[i]), 0.9, 0.0])
                 R, tt = look_at(centres[i], target, up=np.array([0.0, 1.0, 0.0]))
                 cam_poses[i, :3, :3], cam_poses[i, :3, 3], cam_poses[i, 3, 3] = R, tt, 1.0
+            hard_seq = hard and seq == seqs[0][0]
+            if hard_seq:
+                hard_poses(cam_poses, K, x0[0] + speed * t, width, height)
             pano = procedural_background(rng, 2 * max(width, height))
             actors = []
             for a in range(n_actors):
@@ -139,6 +156,8 @@ def make_threedpw_fixture(root: Path, smpl_path: Path, *, seqs=DEFAULT_SEQS, n_f
                 joints = np.concatenate([joints24, verts[:, face_ids]], 1)  # [N, 29, 3]
                 valid = np.ones(N, bool)
                 valid[[i for i in INVALID.get(a, ()) if i < N]] = False
+                if hard_seq and a in HARD_SPAN:
+                    valid[: HARD_SPAN[a][0]] = valid[HARD_SPAN[a][1] + 1:] = False
                 texture, _ = appearance.random_outfit_texture(rng, regions)
                 actors.append({"aa": aa, "betas": betas, "trans": trans, "verts": verts, "joints": joints,
                                "valid": valid, "texture": texture, "gender": "mf"[a % 2]})
@@ -197,14 +216,42 @@ def make_threedpw_fixture(root: Path, smpl_path: Path, *, seqs=DEFAULT_SEQS, n_f
             _dump(root / "sequenceFiles" / folder / f"{seq}.pkl", data)
             truth["seqs"][seq] = {
                 "split": {"validation": "val"}.get(folder, folder), "folder": folder, "K": K, "cam_poses": cam_poses,
-                "n_frames": N,
+                "n_frames": N, "cam_poses_hard": hard_seq,
                 "actors": [{"joints": act["joints"], "valid": act["valid"], "masks": masks[a], "betas": act["betas"],
                             "poses": act["aa"], "trans": act["trans"]} for a, act in enumerate(actors)],
             }
+            if hard_seq:
+                hard_cases.write_garbage(img_dir / f"image_{HARD_CORRUPT:05d}.jpg")
+                hard_cases.write_half_size(img_dir / f"image_{HARD_HALF_SIZE:05d}.jpg")
+                (img_dir / f"image_{HARD_MISSING:05d}.jpg").unlink()
+                truth["hard"] = {"seq": seq, "pans": dict(HARD_PANS), "span": dict(HARD_SPAN), "corrupt": HARD_CORRUPT,
+                                 "half_size": HARD_HALF_SIZE, "missing": HARD_MISSING}
     finally:
         renderer.close()
     apply_faults(truth, faults)
     return truth
+
+
+def hard_poses(cam_poses: np.ndarray, K: np.ndarray, walk_x: np.ndarray, width: int, height: int) -> None:
+    """Turn the camera of each HARD_PANS frame so that actor 0 (standing at x = ``walk_x[i]``) crosses
+    that edge (the principal-point shift of hard_cases.moved, made by a rotation), or move it 25 m back."""
+    from pairgen.synthetic.render import Camera
+
+    for i, edge in HARD_PANS.items():
+        if i >= len(cam_poses):
+            continue
+        R, t = cam_poses[i, :3, :3].copy(), cam_poses[i, :3, 3].copy()
+        if edge == "tiny":
+            cam_poses[i, :3, 3] = t + np.array([0.0, 0.0, 25.0])
+            continue
+        cam = Camera(R, t, K[0, 0], K[1, 1], K[0, 2], K[1, 2], width, height)
+        box = hard_cases.standing_box(cam, np.array([walk_x[i], 0.0, 0.0]), up=np.array([0.0, 1.0, 0.0]))
+        moved = hard_cases.moved(cam, edge, box, width, height)
+        a, b = np.arctan((moved.cx - cam.cx) / K[0, 0]), np.arctan((moved.cy - cam.cy) / K[1, 1])
+        turn_y = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+        turn_x = np.array([[1, 0, 0], [0, np.cos(b), np.sin(b)], [0, -np.sin(b), np.cos(b)]])
+        cam_poses[i, :3, :3] = turn_x @ turn_y @ R
+        cam_poses[i, :3, 3] = turn_x @ turn_y @ t
 
 
 def add_sequence_copy(truth: dict, src: str, dst: str, folder: str = "train", edit=None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ def build_and_verify(source: str, root, out, *extra: str) -> None:
     assert main(["build", "--source", source, "--root", str(root), "--out", str(out), "--local", "--quiet",
                  *extra]) == 0
     assert main(["verify", str(out)]) == 0
+    check_accounting(out)
 
 
 def read_samples(out) -> list:
@@ -52,6 +54,7 @@ def console_build_and_verify(source: str, root, out, *extra: str):
     assert run.returncode == 0, run.stderr[-2000:]
     run = subprocess.run([exe, "verify", str(out)], capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0 and "verify OK" in run.stdout, run.stdout + run.stderr
+    check_accounting(out)
     return pd.read_parquet(Path(out) / "manifest")
 
 
@@ -71,3 +74,148 @@ def skipped_totals(out) -> dict:
             skipped[k] = skipped.get(k, 0) + v
         units += s.get("skipped_units", [])
     return {"skipped": skipped, "skipped_units": units}
+
+
+def check_accounting(out) -> dict:
+    """Every planned pair of every finished shard is built or counted under its reason:
+    ``count + sum(skipped.values()) == planned`` per shard (``skipped`` counts pairs only; what is
+    not a planned pair, e.g. a camera or frame the reader dropped, a unit that gave no pair, a
+    frame that did not decode, is counted in ``metrics["dropped"]``). Each named entry of
+    ``skipped_units`` carries the pairs it accounts for (0 for a dropped part), and its reason is
+    counted where it belongs. Returns the totals {"planned", "built", "skipped", "dropped"}."""
+    totals: dict = {"planned": 0, "built": 0, "skipped": {}, "dropped": {}}
+    for s in read_stats(out):
+        skipped, dropped = s["skipped"], s.get("metrics", {}).get("dropped", {})
+        assert all(isinstance(n, int) and n > 0 for n in (*skipped.values(), *dropped.values())), s["shard"]
+        assert s["count"] + sum(skipped.values()) == s["planned"], (s["shard"], s["count"], s["planned"], skipped)
+        for u in s.get("skipped_units", []):
+            assert u["reason"] in (skipped if u["pairs"] else dropped), (s["shard"], u)
+        totals["planned"] += s["planned"]
+        totals["built"] += s["count"]
+        for key, part in (("skipped", skipped), ("dropped", dropped)):
+            for k, v in part.items():
+                totals[key][k] = totals[key].get(k, 0) + v
+    return totals
+
+
+def dropped_totals(out) -> dict:
+    """{reason: parts dropped} summed over the shards (``metrics["dropped"]``: not pairs)."""
+    return check_accounting(out)["dropped"]
+
+
+# -- hard fixtures (people across frame edges, tiny people, missing/corrupt/resized files) -------
+
+# how a skipped pair is named in the stats: "<unit>/<track>/<cam target>:<frame>-<cam reference>:<frame>"
+PAIR_UNIT_RE = re.compile(r"^(?P<unit>.+)/(?P<track>[^/]+)/(?P<cam_t>[^/:]+):(?P<frame_t>-?\d+)-"
+                          r"(?P<cam_r>[^/:]+):(?P<frame_r>-?\d+)$")
+EDGES = ("left", "right", "top", "bottom", "corner")
+
+
+def pair_skips(out) -> list[dict]:
+    """Every planned pair that was not built, with its reason: {"reason", "unit", "track", "target":
+    (cam, frame), "reference": (cam, frame)} for a pair named in ``skipped_units``, or {"reason",
+    "unit", "pairs"} for an entry that accounts for a unit's pairs at once (a bad unit, an internal
+    error). Asserts that the named entries account for every skipped pair (no shard hit the cap on
+    named entries), after :func:`check_accounting`."""
+    check_accounting(out)
+    found = []
+    for s in read_stats(out):
+        named = 0
+        for u in s.get("skipped_units", []):
+            n = u.get("pairs", 1)
+            if not n:
+                continue  # a dropped part (a camera, a frame file), not a planned pair
+            named += n
+            m = PAIR_UNIT_RE.match(u["unit"])
+            if m and n == 1:
+                found.append({"reason": u["reason"], "unit": m["unit"], "track": m["track"],
+                              "target": (m["cam_t"], int(m["frame_t"])),
+                              "reference": (m["cam_r"], int(m["frame_r"])), "detail": u.get("detail")})
+            else:
+                found.append({"reason": u["reason"], "unit": u["unit"], "pairs": n, "detail": u.get("detail")})
+        assert named == sum(s["skipped"].values()), (s["shard"], named, s["skipped"])
+    return found
+
+
+def planned_sides(samples, skips: list[dict]) -> set[tuple[str, str, str, int]]:
+    """(unit, track, camera, frame) of every side of every planned pair named: built or skipped."""
+    out = {(s.meta["sequence"], s.meta["track"], s.meta[f"camera_{k}"], s.meta[f"frame_{k}"])
+           for s in samples for k in ("target", "reference")}
+    return out | {(p["unit"], p["track"], *p[k]) for p in skips if "track" in p for k in ("target", "reference")}
+
+
+def crop_edges(box, h: int, w: int) -> set[str]:
+    """The frame edges a crop box [x0, y0, x1, y1] crosses ("corner": two adjacent ones at once)."""
+    x0, y0, x1, y1 = box
+    edges = {e for e, out in (("left", x0 < 0), ("right", x1 > w), ("top", y0 < 0), ("bottom", y1 > h)) if out}
+    if ({"left", "right"} & edges) and ({"top", "bottom"} & edges):
+        edges.add("corner")
+    return edges
+
+
+def check_padded_crops(samples, frame_hw, jpeg_tolerance: int = 12, border: int = 8) -> dict[str, int]:
+    """Every crop whose box leaves its frame: silhouette exactly 0 in the padding, image 0 there
+    (JPEG: up to ``jpeg_tolerance`` more than ``border`` pixels from the frame's part). ``frame_hw(meta,
+    side)`` gives the frame's (height, width). Returns how many crops cross each edge."""
+    import cv2
+
+    from pairgen.real import crop as cropping
+
+    crossed = {e: 0 for e in EDGES}
+    for s in samples:
+        for side, img, mask in (("target", s.target, s.target_mask), ("reference", s.reference, s.reference_mask)):
+            box = [s.meta[f"crop_{side}_{k}"] for k in ("x0", "y0", "x1", "y1")]
+            h, w = frame_hw(s.meta, side)
+            edges = crop_edges(box, h, w)
+            if not edges:
+                continue
+            for e in edges:
+                crossed[e] += 1
+            size = img.shape[0]
+            inside = cropping.in_frame(np.array(box, np.float64), size, h, w)
+            assert not inside.all(), (s.key, side, box)
+            assert not mask[~inside].any(), f"{s.key} {side}: silhouette in the padding"
+            far = cv2.erode((~inside).astype(np.uint8), np.ones((2 * border + 1, 2 * border + 1), np.uint8)) > 0
+            if far.any():
+                assert int(img[far].max()) <= jpeg_tolerance, f"{s.key} {side}: padding not black ({img[far].max()})"
+    return crossed
+
+
+def reason_in(reason: str, allowed) -> bool:
+    """``reason`` is one of ``allowed`` (an entry ending in ``*`` is a prefix: "frame size *")."""
+    return any(reason == a or (a.endswith("*") and reason.startswith(a[:-1])) for a in allowed)
+
+
+def check_outcomes(samples, skips: list[dict], case_of, unit_reasons=()) -> dict[str, int]:
+    """Built and skipped pairs against what the fixture made of each side: ``case_of(unit, track,
+    cam, frame)`` is None for a plain side, else (must_skip, reasons): the true reasons the side
+    may be skipped for, and whether it cannot be built at all (a tiny person, a frame of another
+    size). A skipped pair needs a reason one of its sides explains, a built pair no side that must
+    be skipped; whole units' pairs may be skipped only for ``unit_reasons`` (never an internal
+    error). Returns {reason: skipped pairs}."""
+    counts: dict[str, int] = {}
+    for p in skips:
+        if "pairs" in p:
+            assert reason_in(p["reason"], unit_reasons), f"{p['unit']}: {p['pairs']} pairs skipped: {p}"
+            counts[p["reason"]] = counts.get(p["reason"], 0) + p["pairs"]
+            continue
+        cases = [case_of(p["unit"], p["track"], *p[k]) for k in ("target", "reference")]
+        allowed = set().union(*[c[1] for c in cases if c])
+        assert reason_in(p["reason"], allowed), f"pair {p} skipped for {p['reason']!r}, expected {sorted(allowed)}"
+        counts[p["reason"]] = counts.get(p["reason"], 0) + 1
+    for s in samples:
+        m = s.meta
+        for side in ("target", "reference"):
+            c = case_of(m["sequence"], m["track"], m[f"camera_{side}"], m[f"frame_{side}"])
+            assert not (c and c[0]), f"{s.key}: built from {side} {m[f'camera_{side}']}:{m[f'frame_{side}']} ({c})"
+    return counts
+
+
+def hard_build(source: str, root, out, *extra: str, code: int = 0) -> int:
+    """`pairgen build` (in-process, --local) of a hard fixture; asserts the exit code, then `pairgen verify`."""
+    from pairgen.cli import main
+
+    rc = main(["build", "--source", source, "--root", str(root), "--out", str(out), "--local", "--quiet", *extra])
+    assert rc == code, rc
+    assert main(["verify", str(out)]) == 0
+    return rc

@@ -174,9 +174,14 @@ def test_corrupt_jpeg_is_skipped_and_named(toy_registry, tmp_path):
     assert 0 < summary["pairs_built"] < 12
     import json
 
+    from source_checks import check_accounting
+
     stats = json.loads(layout.stats_path(out, layout.finished_shards(out)[0]).read_text())
-    assert any("corrupt JPEG" in k for k in stats["skipped"])
-    assert any(u["unit"].startswith("seq0/c1/") for u in stats["skipped_units"])
+    # the frames are dropped parts (counted per frame, not as pairs); their pairs are skipped pairs
+    assert stats["metrics"]["dropped"]["corrupt JPEG"] >= 1
+    assert stats["skipped"]["frame not decoded"] == 12 - summary["pairs_built"]
+    assert any(u["unit"].startswith("seq0/c1/") and u["pairs"] == 0 for u in stats["skipped_units"])
+    check_accounting(out)
 
 
 def test_unknown_split_is_a_one_line_error(toy_registry, tmp_path, capsys):

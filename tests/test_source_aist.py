@@ -14,7 +14,8 @@ from fixtures_aist import (IGNORED_SEQ, MALFORMED_SEQ, MISSING_DETECTION, PARTIA
 from pairgen.real import crop as cropping
 from pairgen.real.types import BadUnit
 from smpl_fixture import make_smpl_file
-from source_checks import console_build_and_verify, iou as _iou, read_manifest as _manifest, read_samples as _samples
+from source_checks import check_accounting, console_build_and_verify, iou as _iou, read_manifest as _manifest, \
+    read_samples as _samples
 from source_checks import skipped_totals as _stats
 
 TRAIN_SEQ, TEST_SEQ = "gBR_sBM_cAll_d04_mBR1_ch02", "gPO_sFM_cAll_d12_mPO3_ch08"
@@ -40,8 +41,11 @@ def _reader(truth, **options):
 def _build(truth, out: Path, *extra: str, root: Path | None = None) -> int:
     from pairgen.cli import main
 
-    return main(["build", "--source", "aist", "--root", str(root or truth["root"]), "--out", str(out),
-                 "--local", "--quiet", "--num-pairs", "24", "--shard-size", "50", *GAPS, *extra])
+    rc = main(["build", "--source", "aist", "--root", str(root or truth["root"]), "--out", str(out),
+               "--local", "--quiet", "--num-pairs", "24", "--shard-size", "50", *GAPS, *extra])
+    if rc == 0:
+        check_accounting(out)  # every planned pair built or counted under its reason
+    return rc
 
 
 def _angle(truth, seq, cam_a, cam_b, frame) -> float:
@@ -245,3 +249,78 @@ def test_faults_are_skipped_and_named(dataset, tmp_path):
     assert (TEST_SEQ, "c06") not in used or any(u.startswith(f"{TEST_SEQ}/c06") for u in named)
     assert any(u.startswith(f"{TEST_SEQ}/c06") or u == TEST_SEQ for u in named), named  # truncated video named
     assert named.get(f"{TRAIN_SEQ}/c03") == "missing video", named  # counted once per build of the unit
+
+
+# -- the hard variant: the dancer across the frame edges, tiny, undetected; missing/cut/resized videos --
+
+@pytest.fixture(scope="module")
+def hard_dataset(tmp_path_factory, synthetic_worker, smpl_file):
+    return make_aist_fixture(tmp_path_factory.mktemp("aist_hard"), synthetic_worker.generator.body, smpl_file,
+                             seqs=((TRAIN_SEQ, "train"),), width=320, height=180, hard=True, keep_masks=False)
+
+
+def _hard_frame_hw(truth):
+    def frame_hw(meta, side):
+        if meta[f"camera_{side}"] == truth["hard"]["half_size"]:
+            return truth["height"] // 2, truth["width"] // 2
+        return truth["height"], truth["width"]
+    return frame_hw
+
+
+def _hard_case(truth):
+    hard = truth["hard"]
+
+    def case_of(unit, track, cam, frame):
+        if cam == hard["tiny"]:
+            return True, {"person too small"}
+        if (unit, cam) == hard["truncated"]:
+            return False, {"frame not decoded"}  # frames past the cut
+        if cam in hard["edges"]:
+            return False, {"person mostly outside the frame"}
+        return None
+    return case_of
+
+
+def test_build_dancer_across_frame_edges(hard_dataset, tmp_path):
+    """Regression: a dancer near the edge of a video frame needs a padded crop; frames from videos are
+    VideoImages (no ``ndim``), which crashed crop_resize and failed the whole shard."""
+    from source_checks import check_padded_crops, hard_build, pair_skips
+
+    out = tmp_path / "edges"
+    hard_build("aist", hard_dataset["root"], out, "--num-pairs", "30", "--image-size", "128", *GAPS)
+    assert not (out / "failures-aist.json").exists()
+    assert not any(p["reason"].startswith("internal error") for p in pair_skips(out))
+    samples = _samples(out)
+    assert len(samples) > 0 and {s.meta["silhouette_method"] for s in samples} == {"bgsub"}
+    crossed = check_padded_crops(samples, _hard_frame_hw(hard_dataset))
+    assert all(crossed[e] > 0 for e in ("left", "right", "top", "bottom", "corner")), crossed
+
+
+def test_hard_fixture(hard_dataset, tmp_path):
+    """Every planned pair is built or skipped for its true reason; edge crops are padded; verify passes."""
+    from source_checks import check_outcomes, check_padded_crops, hard_build, pair_skips
+
+    truth, hard = hard_dataset, hard_dataset["hard"]
+    out = tmp_path / "hard"
+    hard_build("aist", truth["root"], out, "--num-pairs", "60", "--image-size", "128", "--silhouette", "keypoints",
+               *GAPS)
+    skips = pair_skips(out)  # built + skipped == planned, every skipped pair named with its reason
+    samples = _samples(out)
+    assert len(samples) > 0
+    reasons = check_outcomes(samples, skips, _hard_case(truth))
+    print("hard aist: built", len(samples), "skipped", reasons)
+    assert reasons.get("person too small", 0) > 0
+    crossed = check_padded_crops(samples, _hard_frame_hw(truth))
+    assert all(crossed[e] > 0 for e in ("left", "right", "top", "bottom", "corner")), crossed
+    used = {(s.meta["sequence"], s.meta[f"camera_{k}"], s.meta[f"frame_{k}"]) for s in samples
+            for k in ("target", "reference")}
+    for cam, frames in hard["unseen"].items():  # undetected: never planned
+        assert not any((c, f) in {(cam, x) for x in frames} for _, c, f in used)
+    assert (hard["copy"], "c01") not in {(u, c) for u, c, _ in used}  # missing video
+    assert (hard["copy"], "c09") not in {(u, c) for u, c, _ in used}  # another aspect: camera skipped
+    assert any(c == hard["half_size"] for _, c, _ in used)  # half size, same aspect: rescaled and used
+    st = _stats(out)
+    named = {u["unit"]: u["reason"] for u in st["skipped_units"]}
+    assert named[f"{hard['copy']}/c01"] == "missing video"
+    assert named[f"{hard['copy']}/c09"] == "video size does not match calibration"
+    assert named[MALFORMED_SEQ].startswith("bad unit: malformed keypoints2d pickle")

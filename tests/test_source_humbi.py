@@ -15,7 +15,8 @@ from pairgen.real import crop as cropping
 from pairgen.real.types import BadUnit
 from pairgen.sources.humbi import HumbiReader, read_cameras
 from smpl_fixture import make_smpl_file
-from source_checks import console_build_and_verify, build_and_verify, iou as _iou, read_samples as _samples, read_stats as _stats
+from source_checks import console_build_and_verify, build_and_verify, dropped_totals, iou as _iou, \
+    read_samples as _samples, read_stats as _stats
 
 
 @pytest.fixture(scope="module")
@@ -209,11 +210,78 @@ def test_partial_faults_reach_the_stats(faulty, tmp_path):
     out = tmp_path / "partial"
     _build(faulty["root"], out, "--num-pairs", "16")
     named = {(u["unit"], u["reason"]) for s in _stats(out) for u in s["skipped_units"]}
-    counts: dict = {}
-    for s in _stats(out):
-        for k, v in s["skipped"].items():
-            counts[k] = counts.get(k, 0) + v
     f = faulty["faults"]
     assert (f"subject_1/camera {f['bad_camera'][1]}", "project.txt disagrees with K R [I|-C]") in named, named
     assert (f"subject_1/frame {f['bad_keypoints'][1]:08d}", "malformed keypoints.txt") in named, named
-    assert counts.get("missing image") == len(f["missing_image"]), counts
+    assert dropped_totals(out).get("missing image") == len(f["missing_image"])  # parts, not pairs
+
+
+# -- the hard variant: the person across every frame edge and tiny (per camera), undetected in the
+#    first and last frame folders; a missing, a corrupt and a half-size image --------------------------
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory, synthetic_worker):
+    """One subject, built end to end with keypoint silhouettes, both kinds."""
+    from source_checks import hard_build
+
+    truth = make_humbi_fixture(tmp_path_factory.mktemp("humbi_hard"), synthetic_worker.generator.body, subjects=(1,),
+                               hard=True, keep_masks=False)
+    out = tmp_path_factory.mktemp("humbi_hard_out") / "out"
+    hard_build("humbi", truth["root"], out, "--num-pairs", "70", "--image-size", "128", "--min-gap-s", "0.1")
+    return truth, out
+
+
+def _hard_case(hard: dict, resized=(True, {"frame size *"})):
+    def case_of(unit, track, cam, frame):
+        edge = hard["edges"].get(int(cam))
+        if edge == "tiny":
+            return True, {"person too small"}
+        if (int(cam), frame) == hard["corrupt"]:
+            return True, {"frame not decoded"}
+        if (int(cam), frame) in hard["half_size"]:
+            return resized
+        if edge is not None:
+            return False, {"person mostly outside the frame"}
+        return None
+    return case_of
+
+
+def test_hard_fixture(hard):
+    """Every planned pair is built or skipped for its true reason, crops across the edges are padded,
+    undetected frames and missing images are never planned, verify passes (in the fixture)."""
+    from source_checks import check_outcomes, check_padded_crops, pair_skips, planned_sides
+
+    truth, out = hard
+    h = truth["hard"]
+    samples = _samples(out)
+    skips = pair_skips(out)
+    # the image of another size: its true reason is checked by the next test
+    reasons = check_outcomes(samples, skips, _hard_case(h, (False, {"frame size *", "person mostly outside the frame",
+                                                                    "person too small"})))
+    print("hard humbi: built", len(samples), "skipped", reasons)
+    assert reasons.get("person too small", 0) > 0 and reasons.get("frame not decoded", 0) > 0
+
+    def frame_hw(meta, side):
+        half = (int(meta[f"camera_{side}"]), meta[f"frame_{side}"]) in h["half_size"]
+        return (truth["height"] // 2, truth["width"] // 2) if half else (truth["height"], truth["width"])
+
+    crossed = check_padded_crops(samples, frame_hw)
+    assert all(crossed[e] > 0 for e in ("left", "right", "top", "bottom", "corner")), crossed
+    planned = {(int(c), f) for _, _, c, f in planned_sides(samples, skips)}
+    assert not {f for _, f in planned} & set(h["unseen"])  # nobody detected: never planned
+    assert h["missing"] not in planned
+    named = {u["unit"]: u["reason"] for s in _stats(out) for u in s["skipped_units"]}
+    cam, fr = h["missing"]
+    assert named[f"subject_{h['subject']}/frame {fr:08d} camera {cam}"] == "missing image"
+
+
+def test_hard_fixture_image_of_another_size_is_skipped_for_its_size(hard):
+    """An image written at half size (HUMBI's sizes come from each camera's JPEG headers): the
+    projected joints are not its pixels, so its pairs are skipped for that reason."""
+    from source_checks import check_outcomes, pair_skips, planned_sides
+
+    truth, out = hard
+    samples, skips = _samples(out), pair_skips(out)
+    assert {(int(c), f) for _, _, c, f in planned_sides(samples, skips)} & truth["hard"]["half_size"]  # planned
+    assert any(p["reason"].startswith("frame size") for p in skips)  # skipped for its size
+    check_outcomes(samples, skips, _hard_case(truth["hard"]))

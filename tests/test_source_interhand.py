@@ -16,7 +16,7 @@ from manifests.sample import decode_sample, iter_tar_samples
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fixtures_interhand import make_interhand_fixture  # noqa: E402
-from source_checks import console_build_and_verify  # noqa: E402
+from source_checks import check_accounting, console_build_and_verify  # noqa: E402
 
 TRAIN_A = "train/Capture0/0000_fixture_clap"
 TRAIN_B = "train/Capture1/0001_fixture_wave"
@@ -40,6 +40,8 @@ def _build(root, out, *extra):
 
     rc = main(["build", "--source", "interhand", "--root", str(root), "--out", str(out), "--local", "--quiet",
                "--num-pairs", "60", "--shard-size", "30", *extra])
+    if rc == 0:
+        check_accounting(out)  # every planned pair built or counted under its reason
     return rc
 
 
@@ -208,6 +210,7 @@ def test_faults_are_skipped_and_named(dataset, synthetic_worker, tmp_path):
     assert main(["build", "--source", "interhand", "--root", str(root), "--out", str(out), "--local", "--quiet",
                  "--num-pairs", "60", "--shard-size", "100"]) == 0
     assert main(["verify", str(out)]) == 0
+    check_accounting(out)
     stats = _stats(out)
     named = [s for st in stats for s in st.get("skipped_units", [])]
     by_unit = {s["unit"]: s["reason"] for s in named}
@@ -225,3 +228,100 @@ def test_faults_are_skipped_and_named(dataset, synthetic_worker, tmp_path):
     assert set(df["sequence"]) == {TRAIN_A}
     assert not ((df["camera_target"] == cam) | (df["camera_reference"] == cam)).any()
     print("skipped:", {k: v for st in stats for k, v in st.get("skipped", {}).items()})
+
+
+def test_reader_options_from_the_command_line(dataset):
+    """Regression: ``--reader-option fps=5`` (a string, as the CLI passes it) was refused as
+    "must be 5 or 30 (got 5)"; min_hand_joints was read unchecked while loading."""
+    from pairgen.sources.interhand import InterHandReader
+
+    root, truth = dataset
+    for fps, rate in (("5", 90.0), ("30", 540.0)):  # train ids step by 18: release fps x 18 ids per second
+        r = InterHandReader(str(root), {"fps": fps})
+        r.check()
+        assert r.load(TRAIN_A).fps == rate
+    strict = InterHandReader(str(root), {"min_hand_joints": "21"}).load(TRAIN_A)
+    assert strict.observations and all((o.keypoints[:, 2] > 0).all() for o in strict.observations.values())
+    for bad, match in (({"fps": "7"}, "fps=7"), ({"min_hand_joints": "many"}, "min_hand_joints=many"),
+                       ({"min_hand_joints": "0"}, "min_hand_joints=0")):
+        with pytest.raises(ValueError, match=match):
+            InterHandReader(str(root), bad).check()
+
+
+# -- the hard variant: the right hand across every frame edge (one camera each), both hands tiny in an
+#    extra camera, hands unannotated for a while (the left one only mid-sequence); a missing, a corrupt
+#    and a half-size image -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory, synthetic_worker):
+    """One train unit (8 frames x 6 cameras), built end to end with keypoint silhouettes."""
+    from source_checks import hard_build
+
+    root = tmp_path_factory.mktemp("interhand_hard") / "InterHand2.6M"
+    truth = make_interhand_fixture(root, synthetic_worker.generator.body, hard=True)
+    out = tmp_path_factory.mktemp("interhand_hard_out") / "out"
+    hard_build("interhand", root, out, "--num-pairs", "80", "--image-size", "128", "--min-gap-s", "0.1",
+               "--max-gap-s", "1.5")
+    return truth, out
+
+
+def _hard_case(hard: dict, resized=(True, {"frame size *"})):
+    def case_of(unit, track, cam, frame):
+        if cam == hard["tiny"] and (cam, frame) != hard["half_size"]:
+            return True, {"person too small"}
+        if (cam, frame) == hard["corrupt"]:
+            return True, {"frame not decoded"}
+        if (cam, frame) == hard["half_size"]:
+            return resized
+        if cam in hard["edges"]:  # the joints inside the image may span a small part of the hand
+            return False, {"person mostly outside the frame", "person too small"}
+        return None
+    return case_of
+
+
+def _hard_frame_hw(truth):
+    h = truth["hard"]
+
+    def frame_hw(meta, side):
+        cam = meta[f"camera_{side}"]
+        c = truth["units"][h["unit"]].cameras[cam]
+        if (cam, meta[f"frame_{side}"]) == h["half_size"]:
+            return c.height // 2, c.width // 2
+        return c.height, c.width
+    return frame_hw
+
+
+def test_hard_fixture(hard):
+    """Every planned pair is built or skipped for its true reason, crops across the edges are padded,
+    unannotated hands and missing images are never planned, verify passes (in the fixture)."""
+    from source_checks import check_outcomes, check_padded_crops, pair_skips, planned_sides, read_samples
+
+    truth, out = hard
+    h = truth["hard"]
+    samples = read_samples(out)
+    skips = pair_skips(out)
+    # the image of another size: its true reason is checked by the next test
+    reasons = check_outcomes(samples, skips, _hard_case(h, (False, {"frame size *", "person mostly outside the frame",
+                                                                    "person too small"})))
+    print("hard interhand: built", len(samples), "skipped", reasons)
+    assert reasons.get("person too small", 0) > 0 and reasons.get("frame not decoded", 0) > 0
+    crossed = check_padded_crops(samples, _hard_frame_hw(truth))
+    assert all(crossed[e] > 0 for e in ("left", "right", "top", "bottom", "corner")), crossed
+    planned = planned_sides(samples, skips)
+    for hand, frames in h["unlabelled"].items():
+        assert not {(hand, f) for f in frames} & {(t, f) for _, t, _, f in planned}  # never planned
+    assert h["missing"] not in {(c, f) for *_, c, f in planned}
+    named = {u["unit"]: u["reason"] for s in _stats(out) for u in s["skipped_units"]}
+    assert named[f"{h['unit']}/images"] == "image files listed in _data.json missing"
+
+
+def test_hard_fixture_image_of_another_size_is_skipped_for_its_size(hard):
+    """An image written at half size (_data.json states each image's width and height): the projected
+    joints are not its pixels, so its pairs are skipped for that reason."""
+    from source_checks import check_outcomes, pair_skips, planned_sides, read_samples
+
+    truth, out = hard
+    samples, skips = read_samples(out), pair_skips(out)
+    assert truth["hard"]["half_size"] in {(c, f) for *_, c, f in planned_sides(samples, skips)}  # planned
+    assert any(p["reason"].startswith("frame size") for p in skips)  # skipped for its size
+    check_outcomes(samples, skips, _hard_case(truth["hard"]))

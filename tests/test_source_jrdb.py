@@ -16,7 +16,8 @@ from fixtures_jrdb import CAMS, FAULTS, SEAM_TRACK, SPLIT_DIR, STITCHED, inject_
 from pairgen.real import crop as cropping
 from pairgen.real.types import BadUnit
 from pairgen.sources.jrdb import JRDB_TO_COCO, JrdbReader, jrdb_to_coco
-from source_checks import console_build_and_verify, build_and_verify, iou as _iou, read_samples as _samples, read_stats as _stats
+from source_checks import console_build_and_verify, build_and_verify, dropped_totals, iou as _iou, \
+    read_samples as _samples, read_stats as _stats
 
 SEQ1, SEQ2 = "bytes-cafe-2019-02-07_0", "gates-ai-lab-2019-02-08_0"
 
@@ -162,9 +163,15 @@ def test_reader_options(jrdb):
     key = sorted(shifted.observations)[0]
     assert shifted.observations[key].box is not None
     for bad in ({"views": "all"}, {"max_occlusion": "Half"}, {"allow_truncated": "maybe"}, {"fps": "-1"},
-                {"occluded_joints": "hide"}, {"colour": "red"}):
+                {"occluded_joints": "hide"}):
         with pytest.raises(ValueError):
             JrdbReader(root, bad)
+    # an unknown key is refused by the source's check (the keys JrdbReader.option_help declares)
+    from pairgen.config import BuildConfig
+    from pairgen.sources.jrdb import JrdbSource
+
+    with pytest.raises(ValueError, match=r"unknown --reader-option colour \(accepted: allow_truncated, fps, "):
+        JrdbSource(BuildConfig(source="jrdb", root=root, reader_options=("colour=red",))).check()
 
 
 def test_reader_rejects_roots_and_reports_faults(faulty, tmp_path):
@@ -239,10 +246,6 @@ def test_build_with_faults_skips_and_names_bad_parts(faulty, tmp_path):
     _build(faulty["root"], out, "--num-pairs", "48", "--silhouette", "bgsub")
     stats = _stats(out)
     named = [(u["unit"], u["reason"]) for s in stats for u in s["skipped_units"]]
-    counts: dict = {}
-    for s in stats:
-        for k, v in s["skipped"].items():
-            counts[k] = counts.get(k, 0) + v
     f = faulty["faults"]
     assert any(u == f["malformed_labels"] and "malformed labels_2d_stitched" in r for u, r in named), named
     seq, cam, fr = f["corrupt_jpeg"]
@@ -251,7 +254,7 @@ def test_build_with_faults_skips_and_names_bad_parts(faulty, tmp_path):
     assert (f"{SEQ1}/image_2", "labelled frames missing on disk") in named, named
     assert (f"{SEQ1}/image_0", "single-frame tracks (no cross-pose pair)") in named, named
     assert (f"{SEQ1}@stitched/{STITCHED} track {SEAM_TRACK}", "box wraps around the 360-degree seam") in named, named
-    assert counts.get("labelled frames missing on disk") == 1
+    assert dropped_totals(out).get("labelled frames missing on disk") == 1  # a part, not pairs
     samples = _samples(out)
     assert samples
     for s in samples:  # nothing from the dropped unit, camera or frames
@@ -265,3 +268,84 @@ def test_build_with_faults_skips_and_names_bad_parts(faulty, tmp_path):
     res = _check_against_truth(samples, faulty)
     print(f"jrdb bgsub silhouette IoU (static fixture cameras): mean {res['mean_iou']:.3f} min {res['min_iou']:.3f} "
           f"over {res['n']}; on other people: mean {res['mean_other']:.3f} max {res['max_other']:.3f}")
+
+
+# -- the hard variant: pedestrian 1 across every edge of image_0 and tiny, pedestrians unlabelled for a
+#    while or only mid-sequence; a missing, a corrupt and a half-size image ------------------------------
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory, synthetic_worker):
+    """The first sequence (24 frames), individual cameras only, truncated boxes kept, keypoint silhouettes."""
+    from source_checks import hard_build
+
+    truth = make_jrdb_fixture(tmp_path_factory.mktemp("jrdb_hard"), synthetic_worker.generator.body,
+                              sequences={SEQ1: 24}, hard=True, keep_masks=False)
+    out = tmp_path_factory.mktemp("jrdb_hard_out") / "out"
+    hard_build("jrdb", truth["root"], out, "--num-pairs", "80", "--image-size", "128", "--min-gap-s", "0.05",
+               "--max-gap-s", "1.5", "--reader-option", "views=individual", "--reader-option", "allow_truncated=true")
+    return truth, out
+
+
+def _hard_case(truth: dict, resized=(True, {"frame size *"})):
+    hard, gt = truth["hard"], truth["sequences"][truth["hard"]["seq"]]
+    # a pedestrian cut by an image border (walking into the next camera) shows a sliver: a box below
+    # --min-person-px, or visible joints that share no limb (the keypoint mask draws nothing)
+    cut = {"person too small", "empty silhouette", "fewer than 2 labelled keypoints"}
+
+    def case_of(unit, track, cam, frame):
+        edge = hard["pans"].get(frame) if cam == hard["cam"] else None
+        if edge == "tiny":
+            return True, {"person too small"}
+        if (cam, frame) == hard["corrupt"]:
+            return True, {"frame not decoded"}
+        if (cam, frame) == hard["half_size"]:
+            return resized
+        if edge is not None:
+            return False, {"person mostly outside the frame"} | cut
+        if gt["truncated"].get((track, cam, frame)):
+            return False, cut
+        return False, {"fewer than 2 labelled keypoints"}  # a pedestrian behind another: no visible joint
+    return case_of
+
+
+def test_hard_fixture(hard):
+    """Every planned pair is built or skipped for its true reason, crops across the edges are padded,
+    unlabelled frames and missing images are never planned, verify passes (in the fixture)."""
+    from source_checks import check_outcomes, check_padded_crops, pair_skips, planned_sides
+
+    truth, out = hard
+    h = truth["hard"]
+    samples = _samples(out)
+    skips = pair_skips(out)
+    # the frame of another size: its true reason is checked by the next test
+    lenient = (False, {"frame size *", "person mostly outside the frame", "person too small"})
+    reasons = check_outcomes(samples, skips, _hard_case(truth, lenient))
+    print("hard jrdb: built", len(samples), "skipped", reasons)
+    assert reasons.get("person too small", 0) > 0 and reasons.get("frame not decoded", 0) > 0
+
+    def frame_hw(meta, side):
+        half = (meta[f"camera_{side}"], meta[f"frame_{side}"]) == h["half_size"]
+        return (truth["height"] // 2, truth["width"] // 2) if half else (truth["height"], truth["width"])
+
+    crossed = check_padded_crops(samples, frame_hw)
+    assert all(crossed[e] > 0 for e in ("left", "right", "top", "bottom", "corner")), crossed
+    planned = planned_sides(samples, skips)
+    assert {(h["track"], h["cam"], f) for f, e in h["pans"].items() if e != "tiny"} & {p[1:] for p in planned}
+    assert not {("2", f) for f in h["unlabelled"][2]} & {(t, f) for _, t, _, f in planned}
+    first, last = h["span"][5]
+    assert all(first <= f <= last for _, t, _, f in planned if t == "5")
+    assert h["missing"] not in {(c, f) for *_, c, f in planned}
+    named = {u["unit"]: u["reason"] for s in _stats(out) for u in s["skipped_units"]}
+    assert named[f"{h['seq']}/{h['missing'][0]}"] == "labelled frames missing on disk"
+
+
+def test_hard_fixture_frame_of_another_size_is_skipped_for_its_size(hard):
+    """An image_0 frame written at half size: the labels' pixels are not its pixels, so its pairs
+    are skipped for that reason."""
+    from source_checks import check_outcomes, pair_skips, planned_sides
+
+    truth, out = hard
+    samples, skips = _samples(out), pair_skips(out)
+    assert truth["hard"]["half_size"] in {(c, f) for *_, c, f in planned_sides(samples, skips)}  # planned
+    assert any(p["reason"].startswith("frame size") for p in skips)  # skipped for its size
+    check_outcomes(samples, skips, _hard_case(truth))

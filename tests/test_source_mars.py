@@ -209,3 +209,74 @@ def test_box_method_is_recorded_truthfully_and_unsuitable_methods_are_refused(ma
     rc = main(["build", "--source", "mars", "--root", str(mars["root"]), "--out", str(tmp_path / "bg"),
                "--silhouette", "bgsub", "--local", "--quiet"])
     assert rc == 2 and "does not suit mars" in capsys.readouterr().err
+
+
+# -- the hard variant: every crop padded on all sides, a tracklet of tiny crops, a detection gap, a
+#    half-size frame, a garbage frame and listed frames missing on disk --------------------------------
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory, synthetic_worker):
+    """12 instants (one tracklet per person and camera), built end to end."""
+    from source_checks import hard_build
+
+    truth = make_mars_fixture(tmp_path_factory.mktemp("mars_hard") / "MARS", synthetic_worker.generator.body,
+                              n_frames=12, hard=True)
+    out = tmp_path_factory.mktemp("mars_hard_out") / "out"
+    hard_build("mars", truth["root"], out, "--num-pairs", "90", "--image-size", "128", "--min-gap-s", "0.04",
+               "--max-gap-s", "0.5")
+    return truth, out
+
+
+def _hard_case(hard: dict, resized=(True, {"frame size *"})):
+    def case_of(unit, track, cam, frame):
+        if track == hard["tiny"]:
+            return True, {"person too small"}
+        if (track, frame) == hard["corrupt"]:
+            return True, {"frame not decoded"}
+        if (track, frame) in hard["half_size"]:
+            return resized
+        return None
+    return case_of
+
+
+def test_hard_fixture(hard):
+    """Every planned pair is built or skipped for its true reason, every crop is padded on all four
+    sides (black image, empty silhouette there), gaps and missing files are never planned, verify
+    passes (in the fixture)."""
+    from source_checks import check_outcomes, check_padded_crops, pair_skips, planned_sides
+
+    truth, out = hard
+    h = truth["hard"]
+    samples = _samples(out)
+    skips = pair_skips(out)
+    # the frame of another size: its true reason is checked by the next test
+    reasons = check_outcomes(samples, skips, _hard_case(h, (False, {"frame size *", "person mostly outside the frame",
+                                                                    "person too small"})))
+    print("hard mars: built", len(samples), "skipped", reasons)
+    assert reasons.get("person too small", 0) > 0 and reasons.get("frame not decoded", 0) > 0
+
+    def frame_hw(meta, side):
+        half = (meta["track"], meta[f"frame_{side}"]) in h["half_size"]
+        return (CROP_H // 2, CROP_W // 2) if half else (CROP_H, CROP_W)
+
+    crossed = check_padded_crops(samples, frame_hw)
+    assert all(crossed[e] == 2 * len(samples) for e in ("left", "right", "top", "bottom", "corner")), crossed
+    planned = {(t, f) for _, t, _, f in planned_sides(samples, skips)}
+    track, gap = h["gap"]
+    assert not {(track, F) for F in gap} & planned  # not detected there: never planned
+    track, gone = h["missing"]
+    assert not {(track, F) for F in gone} & planned
+    assert (track, "listed images missing on disk") in [(u, r.split(":")[0]) for u, r in _named(out)] or \
+        any(u.startswith(track) for u, _ in _named(out))
+
+
+def test_hard_fixture_frame_of_another_size_is_skipped_for_its_size(hard):
+    """A frame of a tracklet written at half size (MARS reads the crop size from the tracklet's first
+    JPEG): the person box is not in its pixels, so its pairs are skipped for that reason."""
+    from source_checks import check_outcomes, pair_skips, planned_sides
+
+    truth, out = hard
+    samples, skips = _samples(out), pair_skips(out)
+    assert truth["hard"]["half_size"] & {(t, f) for _, t, _, f in planned_sides(samples, skips)}  # planned
+    assert any(p["reason"].startswith("frame size") for p in skips)  # skipped for its size
+    check_outcomes(samples, skips, _hard_case(truth["hard"]))

@@ -16,7 +16,8 @@ from fixtures_pennaction import FAULTS, VIDEOS, inject_faults, make_pennaction_f
 from pairgen.real import crop as cropping
 from pairgen.real.types import BadUnit
 from pairgen.sources.pennaction import PennActionReader
-from source_checks import console_build_and_verify, build_and_verify, read_samples as _samples, read_stats as _stats
+from source_checks import check_accounting, console_build_and_verify, build_and_verify, read_samples as _samples, \
+    read_stats as _stats
 
 COCO_SLOTS = (0, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)  # README order -> COCO-17
 
@@ -134,9 +135,15 @@ def test_reader_options(penn, tmp_path):
     assert [(p, r) for p, r, _ in unit.skipped] == [("bbox", "bbox does not hold the joints: ignored")]
     assert all(o.box is None for o in unit.observations.values())
     for bad, match in (({"fps": "0"}, "fps=0"), ({"joint_order": "left"}, "joint_order=left"),
-                       ({"bbox": "cxcywh"}, "bbox=cxcywh"), ({"fsp": "30"}, "unknown reader option")):
+                       ({"bbox": "cxcywh"}, "bbox=cxcywh")):
         with pytest.raises(ValueError, match=match):
             PennActionReader(root, bad).check()
+    # an unknown key is refused by the source's check (the keys PennActionReader.option_help declares)
+    from pairgen.config import BuildConfig
+    from pairgen.sources.pennaction import PennActionSource
+
+    with pytest.raises(ValueError, match=r"unknown --reader-option fsp \(accepted: bbox, fps, joint_order\)"):
+        PennActionSource(BuildConfig(source="pennaction", root=root, reader_options=("fsp=30",))).check()
     with pytest.raises(ValueError, match="frames/ and labels/"):
         PennActionReader(str(tmp_path)).check()
 
@@ -233,7 +240,9 @@ def test_build_with_faults_skips_and_names_bad_units(faulty, tmp_path):
     assert any(u == f"{vid}/cam0/{frame}" and "corrupt JPEG" in r for u, r in named), named
     assert ("0003/frames 000006-000009", "frames missing on disk") in named, named
     assert (f["single_frame"], "no pair could be mined") in named, named
-    assert counts.get("frames missing on disk") == 1 and counts.get("no pair could be mined") == 1, counts
+    dropped = check_accounting(out)["dropped"]  # parts, not pairs: in metrics.dropped
+    assert dropped.get("frames missing on disk") == 1 and dropped.get("no pair could be mined") == 1, dropped
+    assert set(counts) <= {"frame not decoded"}, counts  # the pairs of the corrupt JPEG
     samples = _samples(out)
     assert samples and {s.meta["sequence"] for s in samples} == {"0001", "0002", "0003"}
     for s in samples:
@@ -242,3 +251,137 @@ def test_build_with_faults_skips_and_names_bad_units(faulty, tmp_path):
         assert not (m["sequence"] == "0003" and used & {6, 7, 8, 9})
         assert not (m["sequence"] == "0002" and 1 in used)
     _check_against_truth(samples, faulty)
+
+
+# -- skip reasons: every pair planned and not built is counted under its true reason ------------
+def _rewrite_labels(base, vid: str, **changes) -> None:
+    import scipy.io
+
+    m = scipy.io.loadmat(str(base / "labels" / f"{vid}.mat"))
+    fields = {k: v for k, v in m.items() if not k.startswith("__")}
+    scipy.io.savemat(str(base / "labels" / f"{vid}.mat"), {**fields, **changes})
+
+
+def test_nan_keypoints_are_dropped_with_their_reason(penn, tmp_path):
+    """Regression: visible joints stored as NaN (frames 5-8 of 0002, with their boxes) made pairs
+    planned on those frames and skipped as "empty silhouette"; now the frames are dropped while
+    loading, named "keypoints not finite (NaN)", and never planned. Two NaN joints among many are
+    left out and named too."""
+    import scipy.io
+
+    base = tmp_path / "Penn_Action"
+    shutil.copytree(penn["root"], base)
+    m = scipy.io.loadmat(str(base / "labels" / "0002.mat"))
+    x, y = m["x"].astype(np.float64), m["y"].astype(np.float64)
+    x[4:8], y[4:8] = np.nan, np.nan  # frames 5-8: every joint
+    x[11, :2] = np.nan  # frame 12: the head and the left shoulder
+    _rewrite_labels(base, "0002", x=x, y=y)
+    unit = PennActionReader(str(base)).load("0002")
+    assert [(p, r) for p, r, _ in unit.skipped] == [
+        ("frames 000005-000008", "keypoints not finite (NaN)"),
+        ("frame 000012", "some keypoints not finite (NaN): those joints left out")]
+    assert not {5, 6, 7, 8} & set(unit.frames) and 12 in unit.frames
+    assert (unit.observations[("0", "cam0", 12)].keypoints[[0, 5], 2] == 0).all()
+    out = tmp_path / "nan"
+    _build(base, out, "--num-pairs", "64", "--kinds", "cross_pose")
+    totals = check_accounting(out)
+    assert "empty silhouette" not in totals["skipped"], totals
+    assert totals["dropped"].get("keypoints not finite (NaN)") == 1, totals
+    for s in _samples(out):
+        assert not (s.meta["sequence"] == "0002" and {s.meta["frame_target"], s.meta["frame_reference"]} & {5, 6, 7, 8})
+
+
+def test_unlabelled_person_is_skipped_as_such(penn, tmp_path):
+    """Regression: a frame whose joints are all invisible but that has a box gave an empty keypoint
+    silhouette, counted as "empty silhouette"; the reason is now "fewer than 2 labelled keypoints"."""
+    import scipy.io
+
+    base = tmp_path / "Penn_Action"
+    shutil.copytree(penn["root"], base)
+    vis = scipy.io.loadmat(str(base / "labels" / "0004.mat"))["visibility"].copy()
+    vis[::2] = 0  # every odd frame: nobody labelled, the box kept
+    _rewrite_labels(base, "0004", visibility=vis)
+    out = tmp_path / "unlabelled"
+    _build(base, out, "--num-pairs", "80", "--kinds", "cross_pose", "--split", "test")
+    totals = check_accounting(out)
+    assert totals["skipped"].get("fewer than 2 labelled keypoints", 0) > 0, totals
+    assert "empty silhouette" not in totals["skipped"], totals
+
+
+def test_frames_of_another_size_are_skipped_as_such(penn, tmp_path):
+    """Regression: frames stored at half the size the labels' ``dimensions`` state were cropped at
+    the labels' pixels and skipped as "person mostly outside the frame" (or cropped at the wrong
+    place); now each such pair is skipped as a frame of another size, with keypoint and bgsub
+    silhouettes alike (bgsub's background median also crashed on frames of two sizes)."""
+    import cv2
+
+    base = tmp_path / "Penn_Action"
+    shutil.copytree(penn["root"], base)
+    for p in sorted((base / "frames" / "0003").glob("*.jpg")):
+        img = cv2.imread(str(p))
+        if int(p.stem) % 2 == 0:  # the even frames only: the background median sees two sizes
+            cv2.imwrite(str(p), cv2.resize(img, (240, 135), interpolation=cv2.INTER_AREA))
+    reason = "frame size 240x135 differs from the annotation's 480x270"
+    for method in ("keypoints", "bgsub"):
+        out = tmp_path / method
+        _build(base, out, "--num-pairs", "60", "--kinds", "cross_pose", "--split", "test", "--silhouette", method)
+        totals = check_accounting(out)
+        assert totals["skipped"].get(reason, 0) > 0 and "person mostly outside the frame" not in totals["skipped"], \
+            (method, totals)
+        for s in _samples(out):
+            if s.meta["sequence"] == "0003":
+                assert s.meta["frame_target"] % 2 and s.meta["frame_reference"] % 2, s.key
+
+
+# -- the hard variant: the person across every frame edge, tiny, unlabelled at both ends, fully
+#    occluded; a corrupt, a half-size and a missing frame --------------------------------------------
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory, synthetic_worker):
+    """One 24-frame video, built end to end with keypoint silhouettes."""
+    from source_checks import hard_build
+
+    truth = make_pennaction_fixture(tmp_path_factory.mktemp("penn_hard"), synthetic_worker.generator.body,
+                                    videos={1: (24, True, "xyxy", False)}, hard=True, keep_masks=False)
+    out = tmp_path_factory.mktemp("penn_hard_out") / "out"
+    hard_build("pennaction", truth["root"], out, "--num-pairs", "56", "--image-size", "128",
+               "--min-gap-s", "0.03", "--max-gap-s", "0.8")
+    return truth, out
+
+
+def _hard_case(hard: dict, resized=(True, {"frame size *"})):
+    def case_of(unit, track, cam, frame):
+        edge = hard["pans"].get(frame)
+        if edge == "tiny":
+            return True, {"person too small"}
+        if frame == hard["corrupt"]:
+            return True, {"frame not decoded"}
+        if frame in hard["occluded"]:
+            return True, {"fewer than 2 labelled keypoints"}
+        if frame == hard["half_size"]:
+            return resized
+        if edge is not None:
+            return False, {"person mostly outside the frame"}
+        return None
+    return case_of
+
+
+def test_hard_fixture(hard):
+    """Every planned pair is built or skipped for its true reason, crops across the edges are padded,
+    unlabelled and missing frames are never planned, verify passes (in the fixture)."""
+    from source_checks import check_outcomes, check_padded_crops, pair_skips, planned_sides
+
+    truth, out = hard
+    h = truth["hard"]
+    samples = _samples(out)
+    skips = pair_skips(out)
+    reasons = check_outcomes(samples, skips, _hard_case(h))
+    print("hard pennaction: built", len(samples), "skipped", reasons)
+    assert reasons.get("person too small", 0) > 0 and reasons.get("frame not decoded", 0) > 0
+    crossed = check_padded_crops(samples, lambda meta, side: (truth["height"], truth["width"]))
+    assert all(crossed[e] > 0 for e in ("left", "right", "top", "bottom", "corner")), crossed
+    planned = {f for *_, f in planned_sides(samples, skips)}
+    assert h["half_size"] in planned and set(h["occluded"]) & planned
+    assert not planned & {*h["unlabelled"], h["missing"]}  # nobody labelled / no file: never planned
+    named = {u["unit"]: u["reason"] for s in _stats(out) for u in s["skipped_units"]}
+    assert named[f"{h['video']}/frame {h['missing']:06d}"] == "frames missing on disk"

@@ -14,7 +14,7 @@ from fixtures_posetrack import BAD_VIDEO, FAULTS, FPS, VIDEOS, inject_faults, ma
 from pairgen.real import crop as cropping
 from pairgen.real.types import BadUnit
 from pairgen.sources.posetrack import PoseTrackReader
-from source_checks import console_build_and_verify, read_samples as _samples, read_stats as _stats
+from source_checks import check_accounting, console_build_and_verify, read_samples as _samples, read_stats as _stats
 
 TRAIN, VAL = VIDEOS[0][0], VIDEOS[1][0]
 GAPS = ["--min-gap-s", "0.1", "--max-gap-s", "0.6"]  # the fixture's videos last 0.64 s
@@ -41,6 +41,7 @@ def _build(root, out, *extra: str) -> None:
     assert main(["build", "--source", "posetrack", "--root", str(root), "--out", str(out), "--local", "--quiet",
                  *GAPS, *extra]) == 0
     assert main(["verify", str(out)]) == 0
+    check_accounting(out)
 
 
 def _gt_crop(mask: np.ndarray, box: np.ndarray, S: int) -> np.ndarray:
@@ -211,7 +212,9 @@ def test_build_with_faults_skips_and_names_bad_parts(faulty, posetrack, tmp_path
         assert (f"{video}/frame {fr:06d}", "missing image") in named, named
     assert (f"{TRAIN}/track 1", "labelled in one frame only: no pair") in named, named
     assert (f"{VAL}/track 2", "inside an ignore region") in named, named
-    assert counts.get("missing image") == len(frs), counts
+    dropped = check_accounting(out)["dropped"]  # parts, not pairs: in metrics.dropped
+    assert dropped.get("missing image") == len(frs), dropped
+    assert set(counts) <= {"frame not decoded"}, counts  # the pairs of the corrupt JPEG
     samples = _samples(out)
     assert samples and {s.meta["sequence"] for s in samples} == {TRAIN, VAL}
     for s in samples:
@@ -243,3 +246,199 @@ def test_reader_drops_malformed_entries(posetrack, tmp_path):
     (tree / "annotations" / "train" / f"{TRAIN}.json").write_text(json.dumps(doc))
     with pytest.raises(BadUnit, match="no labelled frame"):
         PoseTrackReader(str(tree)).load(TRAIN)
+
+
+# -- skip reasons and the per-unit error policy ------------------------------------------------
+def _tree_with(posetrack, tmp_path, edit) -> "Path":
+    """A PoseTrack21 tree sharing the fixture's images, with ``edit(video, doc)`` applied to each JSON."""
+    tree = tmp_path / "pt21"
+    (tree / "posetrack_data").mkdir(parents=True)
+    (tree / "images").symlink_to(posetrack["roots"]["pt21"] / "images")
+    for video, split, _, _ in VIDEOS:
+        doc = json.loads(json.dumps(posetrack["docs"][("pt21", video)]))
+        edit(video, doc)
+        (tree / "posetrack_data" / split).mkdir(exist_ok=True)
+        (tree / "posetrack_data" / split / f"{video}.json").write_text(json.dumps(doc))
+    return tree
+
+
+def test_nan_keypoints_are_counted_with_their_reason(posetrack, tmp_path):
+    """Regression: annotations whose keypoints are NaN were dropped while loading without a word
+    (the planned pairs fell from 88 to 45 with no count or reason); now each track's dropped
+    frames are named "keypoints not finite (NaN)" and counted, and a few NaN joints among enough
+    labelled ones are left out and named as such."""
+    nan_frames = posetrack["videos"][TRAIN]["labelled"][::2]
+    few_frame = posetrack["videos"][TRAIN]["labelled"][1]
+    images = {im["id"]: im for im in posetrack["docs"][("pt21", TRAIN)]["images"]}
+
+    def edit(video, doc):
+        if video != TRAIN:
+            return
+        for ann in doc["annotations"]:
+            fr = int(images[ann["image_id"]]["file_name"].rsplit("/", 1)[1][:6])
+            k = ann.get("keypoints")
+            if k and ann["track_id"] == 1 and fr in nan_frames:
+                ann["keypoints"] = [float("nan") if i % 3 != 2 else v for i, v in enumerate(k)]
+            elif k and ann["track_id"] == 0 and fr == few_frame:
+                ann["keypoints"] = [float("nan") if i in (15, 16, 18, 19) else v for i, v in enumerate(k)]
+
+    tree = _tree_with(posetrack, tmp_path, edit)
+    unit = PoseTrackReader(str(tree)).load(TRAIN)
+    notes = {(p, r): d for p, r, d in unit.skipped}
+    assert notes[("track 1", "keypoints not finite (NaN)")].startswith(f"{len(nan_frames)} frames: ")
+    assert notes[("track 0", "some keypoints not finite (NaN): those joints left out")] == f"1 frames: {few_frame:06d}"
+    assert not {("1", "cam0", f) for f in nan_frames} & set(unit.observations)
+    out = tmp_path / "nan"
+    _build(tree, out, "--num-pairs", "200", "--kinds", "cross_pose")
+    totals = check_accounting(out)
+    assert totals["dropped"].get("keypoints not finite (NaN)") == 1, totals
+    assert totals["dropped"].get("some keypoints not finite (NaN): those joints left out") == 1, totals
+    for s in _samples(out):
+        m = s.meta
+        assert not (m["sequence"] == TRAIN and m["track"] == "1" and
+                    {m["frame_target"], m["frame_reference"]} & set(nan_frames))
+
+
+def _break_ignore_regions(video, doc):
+    """A real unhandled path of the reader: ``ignore_regions_x`` as a number, not a list of polygons,
+    makes ``ignore_polygons`` raise TypeError ('int' object is not subscriptable)."""
+    if video == VAL:
+        doc["images"][0]["ignore_regions_x"], doc["images"][0]["ignore_regions_y"] = 5, 5
+
+
+def test_internal_error_in_one_unit_skips_that_unit_only(posetrack, tmp_path):
+    """Per-unit error policy, with a real fault: the val video's JSON makes the reader raise a
+    TypeError. At plan time (CLI build) the video is left out and named with its traceback, the
+    train video is built; in a worker (the shard planned before the JSON broke) the video's pairs
+    are counted as "internal error: TypeError" with the traceback, and the other video's pairs
+    of the same shard are built. Before, the build (plan) or the whole shard (worker) failed."""
+    from pairgen.config import BuildConfig
+    from pairgen.sources.posetrack import PoseTrackSource
+
+    broken = _tree_with(posetrack, tmp_path / "broken", _break_ignore_regions)
+    with pytest.raises(TypeError):
+        PoseTrackReader(str(broken)).load(VAL)
+    out = tmp_path / "plan"
+    _build(broken, out, "--num-pairs", "40", "--kinds", "cross_pose")
+    totals = check_accounting(out)
+    assert totals["dropped"] == {"internal error: TypeError": 1}, totals
+    [entry] = [u for s in _stats(out) for u in s["skipped_units"] if u["unit"] == VAL]
+    assert entry["reason"] == "internal error: TypeError" and entry["pairs"] == 0
+    assert "ignore_polygons" in entry["detail"] and "TypeError" in entry["detail"].splitlines()[-1]
+    assert {s.meta["sequence"] for s in _samples(out)} == {TRAIN}
+
+    clean = _tree_with(posetrack, tmp_path / "clean", lambda video, doc: None)
+    config = BuildConfig(source="posetrack", root=str(clean), out=str(tmp_path / "unused"), num_pairs=40,
+                         kinds=("cross_pose",), min_gap_s=0.1, max_gap_s=0.6, shard_size=1000, local=True)
+    source = PoseTrackSource(config)
+    [task] = source.plan()
+    planned = {u: sum(p["unit"] == u for p in task.payload["pairs"]) for u in (TRAIN, VAL)}
+    assert all(planned.values()), planned
+    _break_ignore_regions(VAL, doc := json.loads((clean / "posetrack_data" / "val" / f"{VAL}.json").read_text()))
+    (clean / "posetrack_data" / "val" / f"{VAL}.json").write_text(json.dumps(doc))
+    result = source.make_worker().build(task)
+    assert len(result.pairs) + sum(result.skipped.values()) == task.planned
+    assert result.skipped == {"internal error: TypeError": planned[VAL]}
+    assert {r.meta["sequence"] for r in result.pairs} == {TRAIN} and len(result.pairs) == planned[TRAIN]
+    [entry] = result.skipped_units
+    assert (entry["unit"], entry["pairs"]) == (VAL, planned[VAL]) and "ignore_polygons" in entry["detail"]
+    assert len(entry["detail"]) <= 2000
+
+
+def test_errors_about_the_output_are_not_the_units():
+    """What the policy does not swallow: out of memory, a full or read-only disk (also as the cause
+    of another exception), KeyboardInterrupt; any other exception is the unit's."""
+    import errno
+
+    from pairgen.real.source import unit_fault
+
+    assert unit_fault(TypeError("x")) and unit_fault(OSError(errno.ENOENT, "gone")) and unit_fault(ValueError())
+    assert not unit_fault(MemoryError()) and not unit_fault(KeyboardInterrupt())
+    for code in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
+        assert not unit_fault(OSError(code, "disk"))
+        try:
+            try:
+                raise OSError(code, "disk")
+            except OSError as inner:
+                raise RuntimeError("while writing a temporary file") from inner
+        except RuntimeError as outer:
+            assert not unit_fault(outer)
+
+
+# -- the hard variant: A across every frame edge, tiny people, B unannotated / mid-video only,
+#    a missing, a corrupt and a half-size frame ---------------------------------------------------
+
+HARD_FRAMES = 24
+
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory, synthetic_worker):
+    """The train video only, 24 frames, PoseTrack21 tree, built end to end with keypoint silhouettes."""
+    from source_checks import hard_build
+
+    truth = make_posetrack_fixture(tmp_path_factory.mktemp("posetrack_hard"), synthetic_worker.generator.body,
+                                   formats=("pt21",), frames=HARD_FRAMES, videos=VIDEOS[:1], hard=True,
+                                   keep_masks=False)
+    out = tmp_path_factory.mktemp("posetrack_hard_out") / "out"
+    hard_build("posetrack", truth["roots"]["pt21"], out, "--num-pairs", "80", "--image-size", "128",
+               "--min-gap-s", "0.04", "--max-gap-s", "0.9")
+    return truth, out
+
+
+def _hard_case(hard: dict, resized_reasons=("frame size *",), resized_must=True):
+    def case_of(unit, track, cam, frame):
+        edge = hard["pans"].get(frame)
+        if edge == "tiny":
+            return True, {"person too small"}
+        if frame == hard["corrupt"]:
+            return True, {"frame not decoded"}
+        if frame == hard["half_size"]:
+            return resized_must, set(resized_reasons)
+        if edge is not None:
+            return False, {"person mostly outside the frame"}
+        return None
+    return case_of
+
+
+def test_hard_fixture(hard):
+    """Every planned pair is built or skipped for its true reason, crops across the edges are padded,
+    unannotated people and missing frames are never planned, verify passes (in the fixture)."""
+    from source_checks import check_outcomes, check_padded_crops, pair_skips, planned_sides
+
+    truth, out = hard
+    h = truth["hard"]
+    samples = _samples(out)
+    skips = pair_skips(out)
+    # a frame of another size: its true reason is checked by the next test
+    reasons = check_outcomes(samples, skips, _hard_case(h, ("frame size *", "person mostly outside the frame",
+                                                            "person too small"), resized_must=False))
+    print("hard posetrack: built", len(samples), "skipped", reasons)
+    assert reasons.get("person too small", 0) > 0 and reasons.get("frame not decoded", 0) > 0
+
+    def frame_hw(meta, side):
+        half = meta[f"frame_{side}"] == h["half_size"]
+        return (truth["height"] // 2, truth["width"] // 2) if half else (truth["height"], truth["width"])
+
+    crossed = check_padded_crops(samples, frame_hw)
+    assert all(crossed[e] > 0 for e in ("left", "right", "top", "bottom", "corner")), crossed
+    edge_frames = {f for f, e in h["pans"].items() if e != "tiny"}
+    assert {m for s in samples for m in (s.meta["frame_target"], s.meta["frame_reference"])} & edge_frames
+    used = {(t, f) for _, t, _, f in planned_sides(samples, skips)}
+    first, last = h["track_span"][1]
+    assert not {("1", f) for f in h["unlabelled"][1]} & used  # unannotated: never planned
+    assert all(first <= f <= last for t, f in used if t == "1")  # B's track starts and ends mid-video
+    assert h["missing"] not in {f for _, f in used}  # a missing file: dropped by the reader, never planned
+    named = {u["unit"]: u["reason"] for u in _stats(out)[0]["skipped_units"]}
+    assert named[f"{h['video']}/frame {h['missing']:06d}"] == "missing image"
+
+
+def test_hard_fixture_frame_of_another_size_is_skipped_for_its_size(hard):
+    """A frame written at half size: the annotation's pixels are not its pixels, so its pairs are
+    skipped, for that reason (not built from the wrong pixels, nor "mostly outside the frame")."""
+    from source_checks import check_outcomes, pair_skips, planned_sides
+
+    truth, out = hard
+    samples, skips = _samples(out), pair_skips(out)
+    assert truth["hard"]["half_size"] in {f for *_, f in planned_sides(samples, skips)}  # such pairs were planned
+    assert any(p["reason"].startswith("frame size") for p in skips)  # skipped for its size
+    check_outcomes(samples, skips, _hard_case(truth["hard"]))

@@ -13,7 +13,8 @@ from fixtures_threedpw import (CORRUPT_IMAGES, INVALID, MALFORMED_SEQ, MISSING_I
 from pairgen.real import crop as cropping
 from pairgen.real.types import BadUnit
 from smpl_fixture import make_smpl_file
-from source_checks import console_build_and_verify, iou as _iou, read_manifest as _manifest, read_samples as _samples
+from source_checks import check_accounting, console_build_and_verify, iou as _iou, read_manifest as _manifest, \
+    read_samples as _samples
 from source_checks import skipped_totals as _stats
 
 TRAIN, TEST, VAL = "courtyard_walkPair_00", "downtown_walkPair_01", "outdoors_walkPair_02"
@@ -41,8 +42,11 @@ def _reader(truth, **options):
 def _build(truth, out: Path, *extra: str, root: Path | None = None, n: int = 24) -> int:
     from pairgen.cli import main
 
-    return main(["build", "--source", "3dpw", "--root", str(root or truth["root"]), "--out", str(out),
-                 "--local", "--quiet", "--num-pairs", str(n), "--shard-size", "50", *GAPS, *extra])
+    rc = main(["build", "--source", "3dpw", "--root", str(root or truth["root"]), "--out", str(out),
+               "--local", "--quiet", "--num-pairs", str(n), "--shard-size", "50", *GAPS, *extra])
+    if rc == 0:
+        check_accounting(out)  # every planned pair built or counted under its reason
+    return rc
 
 
 def _check_against_truth(truth, out: Path, S: int = 256) -> tuple[list[float], list[float]]:
@@ -246,3 +250,76 @@ def test_faults_are_skipped_and_named(dataset, tmp_path):
     corrupt = [k for k in named if k.startswith(f"{TEST}/cam0/")]
     assert corrupt and all(named[k].startswith("corrupt JPEG") for k in corrupt), named
     assert {int(k.rsplit("/", 1)[1]) for k in corrupt} <= set(CORRUPT_IMAGES)
+
+
+# -- the hard variant: actor 0 across every frame edge, both tiny, actor 1 valid mid-sequence only;
+#    a corrupt, a half-size and a missing image ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory, smpl_file):
+    """One 24-frame sequence, built end to end with keypoint silhouettes."""
+    from source_checks import hard_build
+
+    truth = make_threedpw_fixture(tmp_path_factory.mktemp("3dpw_hard"), smpl_file, seqs=(("courtyard_walkPair_00",
+                                  "train", 2),), n_frames=24, hard=True, keep_masks=False)
+    out = tmp_path_factory.mktemp("3dpw_hard_out") / "out"
+    hard_build("3dpw", truth["root"], out, "--num-pairs", "56", "--image-size", "128",
+               "--min-gap-s", "0.03", "--max-gap-s", "0.8")
+    return truth, out
+
+
+def _hard_case(hard: dict, resized=(True, {"frame size *"})):
+    def case_of(unit, track, cam, frame):
+        edge = hard["pans"].get(frame)
+        if edge == "tiny":
+            return True, {"person too small"}
+        if frame == hard["corrupt"]:
+            return True, {"frame not decoded"}
+        if frame == hard["half_size"]:
+            return resized
+        if edge is not None:  # actor 0 crosses the edge; actor 1 is wherever the turn puts them
+            return False, {"person mostly outside the frame"}
+        return None
+    return case_of
+
+
+def test_hard_fixture(hard):
+    """Every planned pair is built or skipped for its true reason, crops across the edges are padded,
+    invalid frames and missing images are never planned, verify passes (in the fixture)."""
+    from source_checks import check_outcomes, check_padded_crops, pair_skips, planned_sides
+
+    truth, out = hard
+    h = truth["hard"]
+    samples = _samples(out)
+    skips = pair_skips(out)
+    # the frame of another size: its true reason is checked by the next test
+    reasons = check_outcomes(samples, skips, _hard_case(h, (False, {"frame size *", "person mostly outside the frame",
+                                                                    "person too small"})))
+    print("hard 3dpw: built", len(samples), "skipped", reasons)
+    assert reasons.get("person too small", 0) > 0 and reasons.get("frame not decoded", 0) > 0
+
+    def frame_hw(meta, side):
+        half = meta[f"frame_{side}"] == h["half_size"]
+        return (truth["height"] // 2, truth["width"] // 2) if half else (truth["height"], truth["width"])
+
+    crossed = check_padded_crops(samples, frame_hw)
+    assert all(crossed[e] > 0 for e in ("left", "right", "top", "bottom", "corner")), crossed
+    planned = {(t, f) for _, t, _, f in planned_sides(samples, skips)}
+    first, last = h["span"][1]
+    assert all(first <= f <= last for t, f in planned if t == "1")  # actor 1's track starts and ends mid-way
+    assert h["missing"] not in {f for _, f in planned}
+    assert {f for t, f in planned if t == "0"} & {f for f, e in h["pans"].items() if e != "tiny"}
+    named = {u["unit"]: u["reason"] for u in _stats(out)["skipped_units"]}
+    assert named[f"{h['seq']}/image_{h['missing']:05d}.jpg"] == "missing image"
+
+
+def test_hard_fixture_frame_of_another_size_is_skipped_for_its_size(hard):
+    """An image written at half size (3DPW's size is 2 cx x 2 cy of cam_intrinsics): the annotation's
+    pixels are not its pixels, so its pairs are skipped for that reason, not built from wrong pixels."""
+    from source_checks import check_outcomes, pair_skips, planned_sides
+
+    truth, out = hard
+    samples, skips = _samples(out), pair_skips(out)
+    assert truth["hard"]["half_size"] in {f for *_, f in planned_sides(samples, skips)}  # such pairs were planned
+    assert any(p["reason"].startswith("frame size") for p in skips)  # skipped for its size
+    check_outcomes(samples, skips, _hard_case(truth["hard"]))

@@ -70,11 +70,14 @@ def _human_fraction(mask: np.ndarray, patch: int = 16) -> float:
 
 def build_shards(out: Path, source: str = "synthetic", n_shards: int = 2, per_shard: int = 16,
                  size: int = 256, seed: int = 0, keypoints: bool = True, silhouettes: bool = True,
-                 corrupt_every: int = 0, no_person_every: int = 0, first_index: int = 0) -> Path:
+                 corrupt_every: int = 0, no_person_every: int = 0, first_index: int = 0,
+                 corrupt_from: int | None = None, drop: dict[int, tuple[str, ...]] | None = None) -> Path:
     """Write ``n_shards`` finished shards of ``per_shard`` pairs into ``out``; returns ``out``.
 
-    ``corrupt_every=k`` replaces every k-th target JPEG with garbage bytes; ``no_person_every=k``
-    makes every k-th pair person-free (empty silhouettes); ``silhouettes=False`` omits the masks.
+    ``corrupt_every=k`` replaces every k-th target JPEG with garbage bytes, ``corrupt_from=i`` the
+    target JPEG of every pair from index i on; ``no_person_every=k`` makes every k-th pair
+    person-free (empty silhouettes); ``silhouettes=False`` omits the masks; ``drop={i: suffixes}``
+    omits those members of pair i (in every shard). ``per_shard=0`` writes empty tars.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -106,11 +109,13 @@ def build_shards(out: Path, source: str = "synthetic", n_shards: int = 2, per_sh
                 meta = dict(row)
                 if keypoints:
                     meta["keypoints_target"], meta["keypoints_reference"] = kpt, kpr
-                if corrupt_every and i % corrupt_every == corrupt_every - 1:
+                if (corrupt_every and i % corrupt_every == corrupt_every - 1) or \
+                        (corrupt_from is not None and i >= corrupt_from):
                     tjpg = b"\xff\xd8 not a jpeg"
                 members = encode_sample(key, tjpg, rjpg, tmask, rmask, meta)
                 if not silhouettes:
                     members = {k: v for k, v in members.items() if "mask" not in k}
+                members = {k: v for k, v in members.items() if k not in (drop or {}).get(i, ())}
                 for suffix, data in members.items():
                     info = tarfile.TarInfo(f"{key}.{suffix}")
                     info.size = len(data)

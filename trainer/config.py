@@ -17,6 +17,13 @@ class TrainerError(Exception):
     """A user-facing error: the CLI prints its message on one line and exits with status 2."""
 
 
+SKIP_LIMIT = 1000
+"""Default ``--skip-limit``: a training stream stops with an error once this many samples in a row
+were skipped (corrupt, incomplete) or shards in a row gave no sample (empty, unreadable, gone).
+Each data-loader worker counts its own stream; one usable pair resets the count. The resampled
+training stream is endless, so without this bound data that never decodes would hang the run."""
+
+
 # --------------------------------------------------------------------------- model presets
 
 
@@ -86,6 +93,9 @@ class PretrainConfig:
     workers: int = _f(4, "data loader worker processes per rank (0 = load in the main process)")
     color_jitter: float = _f(0.4, "brightness/contrast/saturation factors drawn in [1-s, 1+s], "
                                   "independently per image (CroCo: 0.4); 0 disables")
+    skip_limit: int = _f(SKIP_LIMIT, "stop with an error when this many samples in a row were skipped (corrupt or "
+                               "incomplete) or shards in a row gave no sample, counted per data-loader "
+                               "worker (0 = never stop)")
     # model
     model: str = _f(DEFAULT_PRESET, f"model preset: {', '.join(PRESETS)}")
     init: str = _f("random", "'random' or a CroCo checkpoint (ckpt['model']) / one of our checkpoints, "
@@ -133,8 +143,8 @@ class PretrainConfig:
             raise TrainerError(f"--steps must be positive, got {self.steps}")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise TrainerError(f"--mask-ratio must be in [0, 1), got {self.mask_ratio}")
-        if self.workers < 0 or self.shuffle_buffer < 0:
-            raise TrainerError("--workers and --shuffle-buffer must be >= 0")
+        if self.workers < 0 or self.shuffle_buffer < 0 or self.skip_limit < 0:
+            raise TrainerError("--workers, --shuffle-buffer and --skip-limit must be >= 0")
         for name in ("log_every", "ckpt_every", "image_every"):
             if getattr(self, name) <= 0:
                 raise TrainerError(f"--{name.replace('_', '-')} must be positive")

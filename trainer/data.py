@@ -17,8 +17,14 @@ replays the exact same batches.
 from __future__ import annotations
 
 import orjson
+import os
 import random
+import select
+import signal
 import sys
+import threading
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -32,7 +38,7 @@ from webdataset.gopen import gopen
 
 from manifests import layout, sample as fmt
 
-from .config import TrainerError
+from .config import SKIP_LIMIT, TrainerError
 from .loss import PENN_FROM_COCO
 from .masking import human_centric_visible, masked_from_visible, uniform_visible
 
@@ -101,37 +107,94 @@ def read_shard(url: str, handler) -> Iterator[dict]:
     Opens local paths and ``pipe:``/remote URLs through webdataset's ``gopen``, then parses the tar
     with the contract's lean reader. A damaged or truncated tar ends the shard: ``handler(exc)``
     is told (it returns True to go on with the next shard).
+    A ``pipe:`` command that fails (a URL that vanished, a network error) reports its exit status
+    when read or closed; both go to ``handler`` too.
     """
     try:
         stream = gopen(url, "rb")
     except (OSError, ValueError) as exc:
         handler(exc)
         return
+    failed = False
     try:
         for key, members in fmt.iter_tar_samples(stream):
             yield {"__key__": key, "__url__": url, **members}
     except (OSError, ValueError, UnicodeDecodeError) as exc:
+        failed = True
         handler(exc)
     finally:
-        stream.close()
+        try:
+            stream.close()
+        except (OSError, ValueError) as exc:  # a pipe's exit status (webdataset raises it on close)
+            if not failed:
+                handler(exc)
 
 
-def check_first_sample(url: str) -> None:
-    """Fail fast (TrainerError) if the shard's first sample lacks a member the trainer needs."""
-    errors: list[Exception] = []
+def _one_line(text: object, limit: int = 160) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
-    def keep(exc: Exception) -> bool:
-        errors.append(exc)
-        return False
 
-    for s in read_shard(url, handler=keep):
-        missing = [m for m in fmt.REQUIRED_SUFFIXES if m not in s]
-        if missing:
-            raise TrainerError(f"shard {url}: sample {s['__key__']} lacks {', '.join(missing)} "
-                               "(the trainer needs pairgen samples with silhouettes)")
-        return
-    reason = f": {errors[0]}" if errors else " (empty)"
-    raise TrainerError(f"shard {url} has no readable sample{reason}")
+class SkipStreak:
+    """Samples skipped (and shards that gave none) in a row by one stream, with their shards and
+    reasons; ``skip`` raises TrainerError once ``limit`` is reached (0 = never)."""
+
+    def __init__(self, limit: int, where: str):
+        self.limit, self.where = limit, where
+        self.reset()
+
+    def reset(self) -> None:
+        self.count, self.empty, self.shards, self.reasons = 0, 0, Counter(), Counter()
+
+    def skip(self, url: str, reason: object, shard: bool = False) -> None:
+        """Count a skipped sample (``shard=True``: a shard that gave no sample) of ``url``."""
+        self.count += 1
+        self.empty += shard
+        self.shards[url] += 1
+        self.reasons[_one_line(reason)] += 1
+        if self.limit and self.count >= self.limit:
+            raise TrainerError(self.message(f"{self.where}: {self.counts()} in a row were unusable "
+                                            f"(--skip-limit {self.limit})"))
+
+    def counts(self) -> str:
+        n = self.count - self.empty
+        parts = [f"{n} sample{'s' * (n != 1)}"] if n else []
+        if self.empty:
+            parts.append(f"{self.empty} empty or unreadable shard{'s' * (self.empty != 1)}")
+        return " and ".join(parts) or "nothing"
+
+    def message(self, lead: str) -> str:
+        """One line: ``lead``, the shards (most skips first) and the reasons with their counts."""
+        shards = [u for u, _ in self.shards.most_common()]
+        names = ", ".join(shards[:3]) + (f" and {len(shards) - 3} more" if len(shards) > 3 else "")
+        reasons = "; ".join(f"{r} (x{n})" for r, n in self.reasons.most_common(3))
+        if len(self.reasons) > 3:
+            reasons += f"; {len(self.reasons) - 3} other reasons"
+        hint = ""
+        if any("lacks" in r and ".mask.png" in r for r in self.reasons):
+            hint = " (the trainer needs pairgen samples with silhouettes)"
+        return f"{lead}: shards {names}: {reasons}{hint}"
+
+
+def find_usable_pair(shards: "ShardSet", cfg: "StreamConfig", limit: int = SKIP_LIMIT) -> None:
+    """Fail fast (TrainerError, naming the shards and reasons) unless a pair decodes within the
+    first ``limit`` samples / shards, read in order. Samples lacking a member or failing to decode
+    are skipped here as in the stream (wherever they are); only data with no usable pair is refused."""
+    streak = SkipStreak(limit, "the start-up check of --shards")
+    for url in shards.urls:
+        errors: list[Exception] = []
+        n = 0
+        for s in read_shard(url, handler=lambda exc: errors.append(exc) or True):
+            n += 1
+            try:
+                decode_pair(s, cfg.img_size, cfg.patch_size, 0.0, None, keypoints=cfg.keypoints)
+                return
+            except ValueError as exc:
+                streak.skip(url, exc)
+        if errors or not n:
+            streak.skip(url, f"unreadable shard: {errors[0]}" if errors else "no samples in the shard", shard=not n)
+    raise TrainerError(streak.message(f"no usable pair in --shards ({len(shards.urls)} shard"
+                                      f"{'s' * (len(shards.urls) != 1)}; {streak.counts()} unusable)"))
 
 
 def parse_mix(spec: str) -> dict[str, float]:
@@ -262,13 +325,18 @@ def decode_pair(sample: dict, size: int, patch: int, jitter: float,
     """
     missing = [m for m in fmt.REQUIRED_SUFFIXES if m not in sample]
     if missing:
-        raise ValueError(f"missing members {missing}")
+        raise ValueError(f"lacks {', '.join(missing)}")
+    member = fmt.META_JSON
     try:
-        meta = orjson.loads(sample[fmt.META_JSON])
-        tgt = simplejpeg.decode_jpeg(sample[fmt.TARGET_JPG], colorspace="RGB")
-        ref = simplejpeg.decode_jpeg(sample[fmt.REFERENCE_JPG], colorspace="RGB")
+        meta = orjson.loads(sample[member])
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+        member = fmt.TARGET_JPG
+        tgt = simplejpeg.decode_jpeg(sample[member], colorspace="RGB")
+        member = fmt.REFERENCE_JPG
+        ref = simplejpeg.decode_jpeg(sample[member], colorspace="RGB")
     except (ValueError, RuntimeError, UnicodeDecodeError) as exc:  # simplejpeg: ValueError/RuntimeError
-        raise ValueError(f"corrupt member: {exc}") from exc
+        raise ValueError(f"corrupt {member}: {exc}") from exc
     tmask = _decode_mask(sample[fmt.TARGET_MASK])
     # the reference silhouette is only size-checked (from its PNG header) unless asked for
     rmask = _decode_mask(sample[fmt.REFERENCE_MASK]) if reference_mask else None
@@ -309,6 +377,7 @@ class StreamConfig:
     seed: int = 0
     keypoints: bool = False  # reference keypoints for the keypoint loss (parsed only when it is on)
     train: bool = True  # False: one pass over the shards, centre crops, no jitter/shuffle, last partial batch kept
+    skip_limit: int = SKIP_LIMIT  # training: error after this many skipped samples / empty shards in a row (0 = never)
 
 
 def _shuffle(src: Iterator, bufsize: int, rng: random.Random) -> Iterator:
@@ -339,6 +408,7 @@ class PairStream(torch.utils.data.IterableDataset):
         self.urls, self.cfg, self.rank, self.world, self.mix = shards.urls, cfg, rank, world, mix
         self.state = {int(k): v for k, v in (state or {}).items()}
         self.worker_offset, self.verbose = worker_offset, verbose
+        self.owner_pid = os.getpid()  # the process that iterates the DataLoader
 
     # -- shard order
     def _urls(self, rng: random.Random, worker: int, num_workers: int) -> Iterator[str]:
@@ -349,23 +419,22 @@ class PairStream(torch.utils.data.IterableDataset):
         else:  # one pass, split across ranks then workers
             yield from self.urls[self.rank::self.world][worker::num_workers]
 
-    def _raw(self, urls: Iterator[str], rng: random.Random) -> Iterator[dict]:
-        """Raw samples (bytes) of the shards in order; unreadable tars are skipped and reported."""
-        empty_in_a_row = 0
+    def _raw(self, urls: Iterator[str], rng: random.Random, streak: SkipStreak) -> Iterator[dict]:
+        """Raw samples (bytes) of the shards in order; unreadable tars are skipped and reported
+        (once per shard), and a shard that gives no sample counts in ``streak``."""
+        warned: set[str] = set()
         for url in urls:
-            n = 0
-            for s in read_shard(url, handler=self._tar_error):
+            n, errors = 0, []
+            for s in read_shard(url, handler=lambda exc: errors.append(exc) or True):
                 n += 1
                 if self.mix is None or self._accepted(s, rng):
                     yield s
-            empty_in_a_row = 0 if n else empty_in_a_row + 1
-            if empty_in_a_row >= 100 + 2 * len(self.urls):
-                raise RuntimeError("no readable sample in the last shards; are the shards valid tars?")
-
-    def _tar_error(self, exc: Exception) -> bool:
-        if self.verbose:
-            print(f"trainer: warning: skipping the rest of a shard: {exc}", file=sys.stderr)
-        return True
+            if errors and self.verbose and url not in warned:
+                warned.add(url)
+                print(f"trainer: warning: skipping {'the rest of ' if n else ''}shard {url}: "
+                      f"{_one_line(errors[0])}", file=sys.stderr)
+            if not n:
+                streak.skip(url, f"unreadable shard: {errors[0]}" if errors else "no samples in the shard", shard=True)
 
     def _accepted(self, s: dict, rng: random.Random) -> bool:
         try:
@@ -376,16 +445,36 @@ class PairStream(torch.utils.data.IterableDataset):
         return rng.random() < a
 
     def __iter__(self) -> Iterator[dict]:
+        """Batches; in a data-loader worker, a TrainerError (too many skips in a row) is sent as one
+        ``{"error": message}`` item, which ``check_batch`` raises in the main process (an exception
+        raised in a worker would reach it wrapped in a multi-line traceback)."""
         info = torch.utils.data.get_worker_info()
+        if info is None:
+            yield from self._batches(None)
+            return
+        # Ctrl-C reaches the whole process group: the main process stops cleanly (checkpoint at the
+        # end of its step) and shuts the workers down; they must not die under it first
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _exit_with(self.owner_pid)
+        try:
+            yield from self._batches(info)
+        except TrainerError as exc:
+            yield {"error": str(exc)}
+
+    def _batches(self, info) -> Iterator[dict]:
         num_workers, phys = (info.num_workers, info.id) if info else (1, 0)
         if info is not None:
             torch.set_num_threads(1)
             cv2.setNumThreads(1)
         worker = (phys + self.worker_offset) % num_workers
         cfg = self.cfg
+        where = "the data loader" if info is None else f"data-loader worker {worker} of {num_workers}"
+        if self.world > 1:
+            where += f" on rank {self.rank}"
+        streak = SkipStreak(cfg.skip_limit if cfg.train else 0, where)
         state = self.state.get(worker, {"raw": 0, "batches": 0})
         rng = random.Random(f"{cfg.seed}-{self.rank}-{worker}")
-        raw = self._raw(self._urls(rng, worker, num_workers), rng)
+        raw = self._raw(self._urls(rng, worker, num_workers), rng, streak)
         if cfg.train and cfg.shuffle_buffer > 1:
             raw = _shuffle(raw, cfg.shuffle_buffer, rng)
         n_raw, n_batches, corrupt, pairs = 0, state["batches"], 0, []
@@ -401,8 +490,11 @@ class PairStream(torch.utils.data.IterableDataset):
             except ValueError as exc:
                 corrupt += 1
                 if self.verbose and corrupt <= 3:
-                    print(f"trainer: warning: skipping corrupt sample {s.get('__key__')}: {exc}", file=sys.stderr)
+                    print(f"trainer: warning: skipping corrupt sample {s.get('__key__')}: {_one_line(exc)}",
+                          file=sys.stderr)
+                streak.skip(s["__url__"], exc)
                 continue
+            streak.reset()
             if images is None:
                 images = {k: np.empty((cfg.batch_size, *pair[k].shape), np.uint8) for k in ("target", "reference")}
             for k, arr in images.items():
@@ -439,6 +531,49 @@ class PairStream(torch.utils.data.IterableDataset):
             "key": [p["key"] for p in pairs],
             "worker": worker, "raw": n_raw, "batches": n_batches + 1, "corrupt": corrupt,
         }
+
+
+def _exit_with(pid: int) -> None:
+    """In a data-loader worker: end this process as soon as process ``pid`` (the trainer) has ended.
+
+    Workers are children of the fork server, not of the trainer, and each holds the fork server's
+    "alive" pipe: when the trainer is killed outright (SIGKILL, the OOM killer) neither the fork
+    server nor torch's parent watchdog in the workers notices, and all of them would stay forever.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        fd = None
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        try:  # a zombie still answers os.kill
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except OSError:
+            return False
+
+    def watch() -> None:
+        if fd is not None:
+            select.select([fd], [], [])  # readable once the process has ended (zombie or reaped)
+        else:
+            while not gone():
+                time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="trainer-watch", daemon=True).start()
+
+
+def check_batch(batch: dict) -> dict:
+    """``batch``, or TrainerError with the message a data-loader worker sent instead of a batch."""
+    if "error" in batch:
+        raise TrainerError(batch["error"])
+    return batch
 
 
 def make_loader(stream: PairStream, workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
@@ -494,5 +629,6 @@ def stream_config(cfg, model_cfg, train: bool = True, batch_size: int | None = N
                         batch_size=batch_size or cfg.batch_size, masking=cfg.masking,
                         mask_ratio=cfg.mask_ratio, human_threshold=cfg.human_threshold,
                         color_jitter=cfg.color_jitter, shuffle_buffer=cfg.shuffle_buffer,
-                        seed=cfg.seed, keypoints=cfg.kp_loss_weight > 0, train=train)
+                        seed=cfg.seed, keypoints=cfg.kp_loss_weight > 0, train=train,
+                        skip_limit=cfg.skip_limit)
 

@@ -13,7 +13,7 @@ import torch
 
 from . import checkpoint as ckpt_io
 from .config import EvalConfig, TrainerError, get_preset
-from .data import PairStream, StreamConfig, check_first_sample, make_loader, resolve_shards, to_model_input
+from .data import PairStream, StreamConfig, find_usable_pair, make_loader, resolve_shards, to_model_input
 from .loop import resolve_device
 from .loss import masked_mse_per_sample, patchify
 from .model import CroCoMan
@@ -22,7 +22,10 @@ from .model import CroCoMan
 def load_model(path: str, preset: str = "") -> tuple[CroCoMan, dict, str]:
     """Model (strictly loaded), checkpoint dict and preset name from one of our or CroCo's checkpoints."""
     ck = ckpt_io.load_file(path)
-    name = preset or ck.get("preset") or ckpt_io.preset_of(ck)
+    try:
+        name = preset or ck.get("preset") or ckpt_io.preset_of(ck)
+    except TrainerError as exc:
+        raise TrainerError(f"{path}: {exc}") from exc
     if not name:
         raise TrainerError(f"{path}: cannot tell the model preset from the checkpoint; pass --model")
     model = CroCoMan(get_preset(name))
@@ -38,12 +41,13 @@ def evaluate(cfg: EvalConfig) -> dict:
     model.to(device).eval()
     run = ck.get("config") or {}
     shards = resolve_shards(cfg.shards)
-    check_first_sample(shards.urls[0])
-    stream = PairStream(shards, StreamConfig(
+    stream_cfg = StreamConfig(
         img_size=model.cfg.img_size, patch_size=model.cfg.patch_size, batch_size=cfg.batch_size,
         masking=cfg.masking or run.get("masking", "human"),
         mask_ratio=cfg.mask_ratio if cfg.mask_ratio is not None else run.get("mask_ratio", 0.75),
-        human_threshold=run.get("human_threshold", 0.0), color_jitter=0.0, seed=cfg.seed, train=False))
+        human_threshold=run.get("human_threshold", 0.0), color_jitter=0.0, seed=cfg.seed, train=False)
+    find_usable_pair(shards, stream_cfg)
+    stream = PairStream(shards, stream_cfg)
     norm_pix = run.get("norm_pix_loss", True)
     use_bf16 = device.type == "cuda"
     sums: dict[str, list[float]] = {}

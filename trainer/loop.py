@@ -3,6 +3,12 @@
 One process on CPU or one GPU; several GPUs / nodes through ``torchrun`` (DDP, one process per
 GPU, NCCL; gloo on CPU). Every rank streams its own resampled shards; rank 0 logs and writes
 checkpoints. Re-running the same command resumes from ``OUT/checkpoint.pt``.
+
+Faults: rank 0 holds ``OUT/.lock`` (a second trainer on the same run directory is refused); a
+checkpoint is written atomically (a save killed midway leaves the previous one, and the next run
+removes the partial file); a run directory that stops accepting writes stops the run with one
+line (after a last checkpoint when that still works); SIGTERM / SIGINT finish the current step,
+write a checkpoint and exit with 128 + the signal number (a second signal acts as usual).
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +31,8 @@ from manifests.layout import write_json_atomic
 
 from . import checkpoint as ckpt_io
 from .config import PretrainConfig, TrainerError, get_preset
-from .data import PairStream, check_first_sample, make_loader, mix_plan, resolve_shards, stream_config, to_model_input
+from .data import (PairStream, check_batch, find_usable_pair, make_loader, mix_plan, resolve_shards, stream_config,
+                   to_model_input)
 from .model import CroCoMan
 from .objective import Pretrainer
 from .visualize import reconstruction_grid, write_png
@@ -59,10 +68,56 @@ def resolve_device(spec: str, local_rank: int) -> torch.device:
     raise TrainerError(f"--device must be auto, cpu or cuda, got {spec!r}")
 
 
+class StopRequest:
+    """While active (main thread only): the first SIGTERM / SIGINT is recorded in ``signum`` and the
+    previous handlers are put back, so a second signal acts as usual (kills / KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def install(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        self.uninstall()
+
+    def uninstall(self) -> None:
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+        self._previous = {}
+
+
+class RunDirError(Exception):
+    """A write into the run directory failed (``what``: which file, ``exc``: the OSError)."""
+
+    def __init__(self, what: str, exc: OSError):
+        super().__init__(what)
+        self.what, self.exc = what, exc
+
+    def describe(self) -> str:
+        return f"cannot write {self.what}: {' '.join(str(self.exc).split())}"
+
+
+def _write(what: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, turning an OSError into RunDirError(what)."""
+    try:
+        return fn(*args, **kwargs)
+    except OSError as exc:
+        raise RunDirError(what, exc) from exc
+
+
 def train(cfg: PretrainConfig) -> dict:
-    """Run (or resume) pre-training; returns a summary (final step, last logged loss, run dir)."""
+    """Run (or resume) pre-training; returns a summary (final step, last logged loss, run dir, and
+    ``stopped``: the signal number when SIGTERM / SIGINT stopped it early)."""
     cfg.validate()
     mcfg = get_preset(cfg.model)
+    init_ckpt = ckpt_io.load_file(cfg.init) if cfg.init != "random" else None  # a bad --init fails first
 
     # --- distributed setup (torchrun sets WORLD_SIZE / RANK / LOCAL_RANK) -------------------
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -83,14 +138,15 @@ def train(cfg: PretrainConfig) -> dict:
 
     # --- data: shards, mixing, the stream (built after resume, which sets its state) ---------
     shards = resolve_shards(cfg.shards)
-    check_first_sample(shards.urls[0])
+    find_usable_pair(shards, stream_config(cfg, mcfg), cfg.skip_limit)  # refused only if no pair is usable
     mix = mix_plan(shards, cfg.mix)
 
     # --- model, optimizer, schedule ---------------------------------------------------------
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = CroCoMan(mcfg)
-    if cfg.init != "random":
-        ckpt_io.load_weights(model, ckpt_io.load_file(cfg.init), cfg.model, source=cfg.init)
+    if init_ckpt is not None:
+        ckpt_io.load_weights(model, init_ckpt, cfg.model, source=cfg.init)
+        del init_ckpt
     net = Pretrainer(model, cfg.norm_pix_loss, cfg.kp_loss_weight, cfg.kp_sigma).to(device)
     blr = cfg.blr if cfg.blr is not None else mcfg.blr
     lr = blr * cfg.batch_size * world / 256
@@ -103,10 +159,24 @@ def train(cfg: PretrainConfig) -> dict:
     # --- resume from the latest checkpoint of this run --------------------------------------
     step, data_state, worker_offset, seed_shift = 0, {}, 0, 0
     num_workers = max(1, cfg.workers)
+    run_lock = None  # held until train() returns (the OS drops it when the process ends)
+    if main:  # one trainer per run directory; then drop what a save killed midway left behind
+        run_lock = ckpt_io.lock_run_dir(out)
+        for partial in ckpt_io.remove_partials(ckpt_path):
+            log(f"trainer: warning: removed {partial.name}, a partial checkpoint left by an interrupted save"
+                f"{'; resuming from ' + ckpt_path.name if ckpt_path.exists() else ''}")
     if ckpt_path.exists():
         if not cfg.resume:
             raise TrainerError(f"{ckpt_path} exists; use another --out or drop --no-resume to continue it")
-        ck = ckpt_io.load_file(ckpt_path)
+        try:
+            ck = ckpt_io.load_file(ckpt_path)
+        except TrainerError as exc:
+            raise TrainerError(f"cannot resume: {exc} (the trainer only renames complete checkpoints into place, "
+                               "so this file was damaged or replaced; move it away to start the run over)") from exc
+        missing = [k for k in ("preset", "step", "optimizer", "scheduler", "rng") if k not in ck]
+        if missing:
+            raise TrainerError(f"cannot resume: {ckpt_path} is not the checkpoint of a trainer run (no "
+                               f"{', '.join(missing)}); to start from its weights, move it away and pass it as --init")
         if ck.get("preset") != cfg.model:
             raise TrainerError(f"{ckpt_path} is a {ck.get('preset')} run, not --model {cfg.model}")
         ckpt_io.load_weights(model, ck, cfg.model, source=str(ckpt_path))
@@ -144,17 +214,22 @@ def train(cfg: PretrainConfig) -> dict:
     # --- run directory: resolved config, metrics, TensorBoard (rank 0) ----------------------
     writer = None
     if main:
-        out.mkdir(parents=True, exist_ok=True)
         resolved = {"config": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg), "lr": lr, "blr": blr,
                     "warmup_steps": warmup, "world_size": world, "global_batch": cfg.batch_size * world,
                     "device": str(device), "bf16": use_bf16, "shards": len(shards.urls),
                     "pairs": shards.num_pairs, "torch": torch.__version__}
-        write_json_atomic(out / "config.json", resolved)
-        _truncate_metrics(out / "metrics.jsonl", step)
         from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out / "tb"), purge_step=step if step else None)
+
+        try:
+            write_json_atomic(out / "config.json", resolved)
+            _truncate_metrics(out / "metrics.jsonl", step)
+            writer = SummaryWriter(str(out / "tb"), purge_step=step if step else None)
+        except OSError as exc:
+            raise TrainerError(f"cannot write to the run directory {out}: {' '.join(str(exc).split())}") from exc
         log(f"training {cfg.model} for {cfg.steps} steps: global batch {cfg.batch_size * world}, lr {lr:.3g}, "
             f"{device}{' bf16' if use_bf16 else ''}, {len(shards.urls)} shards -> {out}")
+
+    on_disk: list[int | None] = [step or None]  # step of the checkpoint on disk (None: none yet)
 
     def save_checkpoint() -> None:
         """All ranks contribute their data state; rank 0 writes atomically."""
@@ -164,12 +239,13 @@ def train(cfg: PretrainConfig) -> dict:
             dist.all_gather_object(gathered, data_state)
             state["ranks"] = gathered
         if main:
-            ckpt_io.save_atomic({
+            _write(str(ckpt_path), ckpt_io.save_atomic, {
                 "model": model.state_dict(), "croco_kwargs": ckpt_io.croco_kwargs(mcfg), "preset": cfg.model,
                 "kp_head": net.kp_head.state_dict() if net.kp_head is not None else None,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                 "rng": ckpt_io.rng_state(), "data": state, "config": dataclasses.asdict(cfg),
             }, ckpt_path)
+        on_disk[0] = step
 
     def check_finite() -> None:
         """Stop (on every rank) if any loss since the last check was NaN/Inf; the checkpoint on disk stays good."""
@@ -180,6 +256,20 @@ def train(cfg: PretrainConfig) -> dict:
             raise TrainerError(f"loss became NaN/Inf before step {step}; stopped. The last good checkpoint "
                                f"({ckpt_path}) is kept; lower --blr or set --clip-grad")
 
+    def write_failed(err: RunDirError) -> TrainerError:
+        """The error to stop with after a failed write; first a last checkpoint if that may still work
+        (one process only: in DDP the other ranks are stopped by torchrun when this one exits)."""
+        msg = f"{err.describe()}; stopped at step {step}"
+        if not distributed and err.what != str(ckpt_path) and on_disk[0] != step:
+            try:
+                check_finite()
+                save_checkpoint()
+                return TrainerError(f"{msg}, after writing {ckpt_path}")
+            except (RunDirError, TrainerError):
+                pass
+        kept = f"the last checkpoint ({ckpt_path}, step {on_disk[0]}) is kept" if on_disk[0] else "no checkpoint was written"
+        return TrainerError(f"{msg}; {kept}")
+
     # --- train ---------------------------------------------------------------------------------
     last_step = min(cfg.steps, cfg.stop_at or cfg.steps)
     bad = torch.zeros((), dtype=torch.bool, device=device)
@@ -188,92 +278,141 @@ def train(cfg: PretrainConfig) -> dict:
     last_loss = None
     train_net.train()
     batches = iter(loader)
-    while step < last_step:
-        t_wait = time.perf_counter()
-        batch = next(batches)
-        data_time += time.perf_counter() - t_wait
-        data_state[batch["worker"]] = {"raw": batch["raw"], "batches": batch["batches"]}
-        window_corrupt += batch["corrupt"]
-        target = to_model_input(batch["target"].to(device, non_blocking=True), batch["jitter"][:, 0])
-        reference = to_model_input(batch["reference"].to(device, non_blocking=True), batch["jitter"][:, 1])
-        visible = batch["visible"].to(device, non_blocking=True)
-        masked = batch["masked"].to(device, non_blocking=True)
-        kp = batch["kp"].to(device, non_blocking=True)
+    stopped: int | None = None  # the signal that stops the run early
+    stop = StopRequest().install()
+    try:
+        while step < last_step:
+            t_wait = time.perf_counter()
+            try:
+                batch = check_batch(next(batches))
+            except Exception:
+                if stop.signum is None or distributed:
+                    raise
+                stopped = stop.signum
+                break  # the loader died with the signal (Ctrl-C / SIGTERM sent to the process group)
+            data_time += time.perf_counter() - t_wait
+            data_state[batch["worker"]] = {"raw": batch["raw"], "batches": batch["batches"]}
+            window_corrupt += batch["corrupt"]
+            target = to_model_input(batch["target"].to(device, non_blocking=True), batch["jitter"][:, 0])
+            reference = to_model_input(batch["reference"].to(device, non_blocking=True), batch["jitter"][:, 1])
+            visible = batch["visible"].to(device, non_blocking=True)
+            masked = batch["masked"].to(device, non_blocking=True)
+            kp = batch["kp"].to(device, non_blocking=True)
 
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            outputs = train_net(target, reference, visible, masked, kp)
-        loss = outputs["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        log_now = (step + 1) % cfg.log_every == 0 or step + 1 == last_step
-        grad_norm = None
-        if cfg.clip_grad > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad)
-        elif log_now:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in net.parameters() if p.grad is not None])
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        bad |= ~torch.isfinite(loss.detach())
-        loss_sum += loss.detach().double()
-        window_steps += 1
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                outputs = train_net(target, reference, visible, masked, kp)
+            loss = outputs["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            log_now = (step + 1) % cfg.log_every == 0 or step + 1 == last_step
+            grad_norm = None
+            if cfg.clip_grad > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad)
+            elif log_now:
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in net.parameters() if p.grad is not None])
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            bad |= ~torch.isfinite(loss.detach())
+            loss_sum += loss.detach().double()
+            window_steps += 1
 
-        if log_now:  # --- metrics (loss averaged over the window and the ranks)
-            check_finite()
-            stats = torch.stack([loss_sum, torch.tensor(float(window_corrupt), dtype=torch.float64, device=device)])
-            if distributed:
-                dist.all_reduce(stats)
-            elapsed = time.perf_counter() - t0
-            last_loss = stats[0].item() / (window_steps * world)
-            record = {"step": step, "loss": last_loss, "lr": optimizer.param_groups[0]["lr"],
-                      "grad_norm": float(grad_norm), "pairs_per_s": window_steps * cfg.batch_size * world / elapsed,
-                      "data_wait": data_time / elapsed, "corrupt_skipped": int(stats[1].item()),
-                      "visible_patches": int(visible.shape[1])}
-            if "kp_loss" in outputs:
-                record["kp_loss"] = outputs["kp_loss"].item()
-            if main:
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                for k, v in record.items():
-                    if k != "step":
-                        writer.add_scalar(f"train/{k}", v, step)
-                log(f"step {step}/{cfg.steps} loss {last_loss:.4f} lr {record['lr']:.3g} "
-                    f"grad {record['grad_norm']:.3g} {record['pairs_per_s']:.1f} pairs/s")
-            loss_sum.zero_()
-            window_steps, window_corrupt, data_time, t0 = 0, 0, 0.0, time.perf_counter()
+            if not distributed:
+                stopped = stop.signum
+            if log_now:  # --- metrics (loss averaged over the window and the ranks)
+                check_finite()
+                stats = torch.stack([loss_sum, torch.tensor(float(window_corrupt), dtype=torch.float64, device=device)])
+                if distributed:
+                    dist.all_reduce(stats)
+                    # a signal on any rank stops all of them, at the same step (DDP: only at log steps)
+                    flag = torch.tensor(float(stop.signum or 0), device=device)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    stopped = int(flag.item()) or None
+                elapsed = time.perf_counter() - t0
+                last_loss = stats[0].item() / (window_steps * world)
+                record = {"step": step, "loss": last_loss, "lr": optimizer.param_groups[0]["lr"],
+                          "grad_norm": float(grad_norm), "pairs_per_s": window_steps * cfg.batch_size * world / elapsed,
+                          "data_wait": data_time / elapsed, "corrupt_skipped": int(stats[1].item()),
+                          "visible_patches": int(visible.shape[1])}
+                if "kp_loss" in outputs:
+                    record["kp_loss"] = outputs["kp_loss"].item()
+                if main:
+                    _write(str(out / "metrics.jsonl"), _append_line, out / "metrics.jsonl", json.dumps(record))
+                    for k, v in record.items():
+                        if k != "step":
+                            _write(str(out / "tb"), writer.add_scalar, f"train/{k}", v, step)
+                    log(f"step {step}/{cfg.steps} loss {last_loss:.4f} lr {record['lr']:.3g} "
+                        f"grad {record['grad_norm']:.3g} {record['pairs_per_s']:.1f} pairs/s")
+                loss_sum.zero_()
+                window_steps, window_corrupt, data_time, t0 = 0, 0, 0.0, time.perf_counter()
 
-        if main and (step == 1 or step % cfg.image_every == 0 or step == last_step):  # --- reconstructions
-            grid = reconstruction_grid(target, reference, outputs["pred"].detach(), masked,
-                                       mcfg.patch_size, cfg.norm_pix_loss)
-            write_png(out / "images" / f"step{step:08d}.png", grid)
-            writer.add_image("reconstruction", grid, step, dataformats="HWC")
+            if main and (step == 1 or step % cfg.image_every == 0 or step == last_step):  # --- reconstructions
+                grid = reconstruction_grid(target, reference, outputs["pred"].detach(), masked,
+                                           mcfg.patch_size, cfg.norm_pix_loss)
+                _write(str(out / "images"), write_png, out / "images" / f"step{step:08d}.png", grid)
+                _write(str(out / "tb"), writer.add_image, "reconstruction", grid, step, dataformats="HWC")
 
-        if step % cfg.ckpt_every == 0 or step == last_step:  # --- checkpoint (only after a finite check)
+            if step % cfg.ckpt_every == 0 or step == last_step:  # --- checkpoint (only after a finite check)
+                check_finite()
+                save_checkpoint()
+            if stopped:
+                break
+
+        if stopped and on_disk[0] != step:  # stopped by a signal: keep this step's work
             check_finite()
             save_checkpoint()
+    except RunDirError as err:
+        raise write_failed(err) from err.exc
+    finally:
+        stop.uninstall()
+        batches = None  # shuts the loader's workers down, also on errors
+        if writer is not None:
+            try:
+                writer.close()
+            except OSError as exc:
+                log(f"trainer: warning: cannot write {out / 'tb'}: {' '.join(str(exc).split())}")
 
-    if writer is not None:
-        writer.close()
-    del batches
+    if stopped and step < last_step:
+        log(f"stopped by {signal.Signals(stopped).name} at step {step}; checkpoint {ckpt_path} written, "
+            "run the same command to resume")
+        return {"step": step, "out": str(out), "loss": last_loss, "stopped": stopped}
     if distributed:
         dist.barrier()
     log(f"done: step {step}, checkpoint {ckpt_path}")
     return {"step": step, "out": str(out), "loss": last_loss}
 
 
+def write_json_lines_atomic(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp.write_text("".join(ln + "\n" for ln in lines))
+    os.replace(tmp, path)
+
+
+def _append_line(path: Path, line: str) -> None:
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines written after the checkpoint we resume from (a killed run's tail)."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    path.write_text("".join(ln + "\n" for ln in lines))
+    kept = []
+    for ln in path.read_text(errors="replace").splitlines():
+        try:
+            if json.loads(ln)["step"] <= step:
+                kept.append(ln)
+        except (ValueError, KeyError, TypeError):
+            pass  # a line cut short by a kill or a full disk
+    write_json_lines_atomic(path, kept)
 
 
-def main_entry(cfg: PretrainConfig) -> None:
-    """CLI entry: train, then tear down the process group."""
+def main_entry(cfg: PretrainConfig) -> dict:
+    """CLI entry: train, then tear down the process group; returns train's summary."""
     try:
-        train(cfg)
+        summary = train(cfg)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
     sys.stdout.flush()
+    return summary

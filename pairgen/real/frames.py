@@ -43,15 +43,17 @@ class VideoImage:
     """A decoded video frame that converts to RGB on demand, for the part that is used.
 
     ``img[y0:y1, x0:x1]`` (what a crop takes) converts only that region; ``np.asarray(img)`` the
-    whole frame (kept, and sliced by later regions). ``shape`` is (height, width, 3) as for an
-    array. A yuv420p region is cut at even rows and columns (so it owns its chroma samples) and
-    converted by the same swscale routine as the whole frame: its pixels are exactly the whole
-    frame's (tests/test_real_machinery.py checks this). Other pixel formats convert whole frames.
-    Conversion time is added to ``metrics["decode_s"]`` (decoding to RGB). Safe to use from
-    several threads.
+    whole frame (kept, and sliced by later regions). ``shape`` (height, width, 3), ``ndim`` and
+    ``dtype`` are those of that array. A yuv420p region is cut at even rows and columns (so it
+    owns its chroma samples) and converted by the same swscale routine as the whole frame: its
+    pixels are exactly the whole frame's (tests/test_real_machinery.py checks this). Other pixel
+    formats convert whole frames. Conversion time is added to ``metrics["decode_s"]`` (decoding
+    to RGB). Safe to use from several threads.
     """
 
     __slots__ = ("_frame", "_metrics", "_rgb", "_converted", "_lock", "shape")
+    ndim = 3  # as the RGB array it stands for
+    dtype = np.dtype(np.uint8)
 
     def __init__(self, frame, metrics: dict | None = None):
         self._frame = frame

@@ -51,7 +51,8 @@ def person_center(unit: Unit, track: str, frame: int) -> np.ndarray | None:
 
 
 def view_angle(unit: Unit, cam_a: str, cam_b: str, center: np.ndarray | None) -> float | None:
-    """Angle (deg) between the directions from each camera to the person (or between optical axes)."""
+    """Angle (deg) between the directions from each camera to the person (or between optical axes);
+    None when a camera is not calibrated or a direction is undefined (zero or not finite)."""
     ca, cb = unit.calibration.get(cam_a), unit.calibration.get(cam_b)
     if ca is None or cb is None:
         return None
@@ -59,7 +60,10 @@ def view_angle(unit: Unit, cam_a: str, cam_b: str, center: np.ndarray | None) ->
         da, db = center - ca.center, center - cb.center
     else:
         da, db = ca.R[2], cb.R[2]
-    cos = float(np.dot(da, db) / (np.linalg.norm(da) * np.linalg.norm(db)))
+    norms = float(np.linalg.norm(da) * np.linalg.norm(db))
+    if not (np.isfinite(norms) and norms > 0):  # the person at a camera centre, or a broken calibration
+        return None
+    cos = float(np.dot(da, db) / norms)
     return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
 
 

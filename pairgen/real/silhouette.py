@@ -23,11 +23,20 @@ _FINGERS = [list(range(4 * f, 4 * f + 4)) for f in range(5)]
 _WRIST = 20
 
 
-def _usable(kps: np.ndarray, min_conf: float) -> tuple[dict[int, np.ndarray], dict[int, tuple[int, int]]]:
-    """Joints with finite coordinates and confidence > ``min_conf``: {index: (x, y)} and the same
-    rounded to integer pixels (what OpenCV's drawing calls take)."""
+# joints farther than this many crop sizes outside the crop are not drawn: crops are built around the
+# usable joints, so such a joint is an annotation error, and OpenCV cannot draw its limb (coordinates
+# and thicknesses beyond its integer limits)
+_FAR = 4
+
+
+def _usable(kps: np.ndarray, min_conf: float, size: int) -> tuple[dict[int, np.ndarray], dict[int, tuple[int, int]]]:
+    """Joints with finite coordinates within ``_FAR`` crop sizes of the crop and confidence >
+    ``min_conf``: {index: (x, y)} and the same rounded to integer pixels (what OpenCV's drawing
+    calls take)."""
     k = np.asarray(kps, np.float64)
-    ok = np.isfinite(k).all(1) & (k[:, 2] > min_conf)
+    with np.errstate(invalid="ignore"):
+        near = (np.abs(k[:, :2] - size / 2) <= (_FAR + 0.5) * size).all(1)
+    ok = np.isfinite(k).all(1) & (k[:, 2] > min_conf) & near
     idx = np.flatnonzero(ok).tolist()
     pts = {i: k[i, :2] for i in idx}
     # np.rint rounds half to even, as round() does
@@ -41,7 +50,7 @@ def body_keypoint_mask(kps: np.ndarray, size: int, min_conf: float = 0.05,
     import cv2
 
     mask = np.zeros((size, size), np.uint8)
-    pts, ip = _usable(kps, min_conf)
+    pts, ip = _usable(kps, min_conf, size)
     if len(pts) < 2:
         return mask
     arr = np.array(list(pts.values()))
@@ -90,7 +99,7 @@ def hand_keypoint_mask(kps: np.ndarray, size: int, min_conf: float = 0.05) -> np
     import cv2
 
     mask = np.zeros((size, size), np.uint8)
-    pts, ip = _usable(kps, min_conf)
+    pts, ip = _usable(kps, min_conf, size)
     if len(pts) < 2:
         return mask
     arr = np.array(list(pts.values()))
@@ -168,17 +177,23 @@ def bgsub_mask(crop: np.ndarray, bg_crop: np.ndarray, person: np.ndarray, known:
 
 def mesh_mask(uv_crop: np.ndarray, depth: np.ndarray, faces: np.ndarray, size: int) -> np.ndarray:
     """Rasterise mesh triangles whose vertices were projected into crop pixels ([V, 2]); triangles
-    with any vertex behind the camera (depth <= 0) are dropped."""
+    with any vertex behind the camera (depth <= 0), not finite, or beyond OpenCV's integer range
+    (about 2**26 crop pixels away) are dropped."""
     import cv2
 
     # Rasterised at 4x and averaged down: cv2 counts edge pixels as inside, which at 1x grows the
     # mask by about a pixel on two sides.
     up = 4
     big = np.zeros((size * up, size * up), np.uint8)
-    f = faces[(depth[faces] > 0).all(1)]
-    tri = np.round(((uv_crop[f] + 0.5) * up - 0.5) * 4).astype(np.int64)  # pixel centres, 2 fractional bits
+    good = np.isfinite(uv_crop).all(1) & (depth > 0)  # NaN depth compares False: dropped too
+    f = faces[good[faces].all(1)]
+    tri = np.round(((uv_crop[f] + 0.5) * up - 0.5) * 4)  # pixel centres, 2 fractional bits
     lo, hi = tri.min(1), tri.max(1)
     inside = (hi >= 0).all(1) & (lo < 4 * size * up).all(1)  # bounding box touches the crop
+    # OpenCV takes int32 coordinates: a vertex that far out (a point almost in the camera plane) would
+    # wrap around; such slivers are dropped
+    inside &= (np.abs(tri) < 2**30).all((1, 2))
+    tri = tri.astype(np.int64)
     # one call per triangle: a multi-polygon fillPoly uses the even-odd rule, and the front and back
     # of a body overlap everywhere, which would leave holes
     for t in tri[inside].astype(np.int32):

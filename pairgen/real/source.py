@@ -8,12 +8,23 @@ A dataset module only writes a :class:`pairgen.real.types.Reader` and::
 
 Shards hold whole units, so each video is decoded once per build (``--shard-size`` is a target:
 a unit with more pairs than that makes one larger shard). Pairs are spread evenly over units.
+
+What is not built is accounted for (see :class:`pairgen.record.ShardResult`): every planned pair
+that is not built is counted in the shard's ``skipped`` under its reason, so built + skipped ==
+planned per shard; what the reader dropped while loading and units that gave no pair are
+counted as dropped parts. An unexpected exception (a bug, not a :class:`BadUnit` or
+:class:`PairSkip`) while planning, loading or building one unit costs that unit only: its pairs
+are counted as ``internal error: <type>`` with the traceback in the stats, and the shard goes on.
+Errors that are not about the unit (:func:`unit_fault` is False: out of memory, a full or
+read-only disk) propagate and fail the shard.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,11 +35,30 @@ from pairgen.real import silhouette as sil
 from pairgen.real.frames import iter_frames
 from pairgen.real.mining import PairSpec, mine_pairs
 from pairgen.real.types import BadUnit, Reader, Unit
-from pairgen.record import PairRecord, ShardResult
-from pairgen.sources.base import ShardTask, Source, SourceWorker
+from pairgen.record import INTERNAL_ERROR, PairRecord, ShardResult, traceback_tail
+from pairgen.sources.base import ShardTask, Source, SourceWorker, check_reader_options
 
 BACKGROUND_SAMPLES = 15  # frames per camera for the bgsub median
 SPLIT_ALIASES = {"validation": "val", "valid": "val", "training": "train", "testing": "test"}
+# OSError numbers that are about where the output goes, not about a unit: they fail the shard
+NOT_THE_UNIT_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EROFS", "EDQUOT") if hasattr(errno, n))
+
+
+def unit_fault(exc: BaseException) -> bool:
+    """Whether an unexpected exception met while planning or building one unit is that unit's to
+    bear (skipped, counted as an internal error, the build goes on) rather than the build's
+    (propagated): not for anything but an ``Exception`` (e.g. KeyboardInterrupt), MemoryError, or
+    an OSError (anywhere in the exception's chain) that says the disk is full or read-only."""
+    if not isinstance(exc, Exception) or isinstance(exc, MemoryError):
+        return False
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno in NOT_THE_UNIT_ERRNOS):
+            return False
+        e = e.__cause__ or e.__context__
+    return True
 
 
 class PairSkip(Exception):
@@ -70,6 +100,7 @@ class RealSource(Source):
         super().__init_subclass__(**kwargs)
         r = cls.reader_cls
         cls.name, cls.summary, cls.needs, cls.layout = r.name, r.summary, r.needs, r.layout
+        cls.option_help = dict(r.option_help)
 
     def reader_options(self) -> dict:
         c = self.config
@@ -85,6 +116,7 @@ class RealSource(Source):
 
     def check(self) -> None:
         c = self.config
+        check_reader_options(self)
         if not c.root and not (c.annotations and c.videos):
             raise ValueError(f"--source {self.name} needs --root DATA ({self.needs})")
         for flag, path in (("--root", c.root), ("--annotations", c.annotations), ("--videos", c.videos)):
@@ -123,14 +155,20 @@ class RealSource(Source):
                 break
             try:
                 unit = reader.load(name)
+                pairs = mine_pairs(unit, n_cv, n_cp, c.seed, c.min_view_angle_deg, c.min_gap_s, c.max_gap_s)
+                found_cv = sum(p.kind == "cross_view" for p in pairs)
+                if found_cv < n_cv and "cross_pose" in c.kinds:  # e.g. one camera: cross-pose takes the quota
+                    pairs = mine_pairs(unit, found_cv, n_cp + n_cv - found_cv, c.seed, c.min_view_angle_deg,
+                                       c.min_gap_s, c.max_gap_s)
             except BadUnit as exc:
                 plan_skipped.append({"unit": name, "reason": f"bad unit: {exc}"})
                 continue
-            pairs = mine_pairs(unit, n_cv, n_cp, c.seed, c.min_view_angle_deg, c.min_gap_s, c.max_gap_s)
-            found_cv = sum(p.kind == "cross_view" for p in pairs)
-            if found_cv < n_cv and "cross_pose" in c.kinds:  # e.g. one camera: cross-pose takes the quota
-                pairs = mine_pairs(unit, found_cv, n_cp + n_cv - found_cv, c.seed, c.min_view_angle_deg,
-                                   c.min_gap_s, c.max_gap_s)
+            except Exception as exc:  # noqa: BLE001 - a bug met on one unit: that unit is left out, named
+                if not unit_fault(exc):
+                    raise
+                plan_skipped.append({"unit": name, "reason": f"{INTERNAL_ERROR}{type(exc).__name__}",
+                                     "detail": traceback_tail(exc)})
+                continue
             pairs = pairs[: c.num_pairs - total]
             if pairs:
                 per_unit.append((name, pairs))
@@ -154,7 +192,9 @@ class RealSource(Source):
             current.extend(pairs)
         close()
         if not tasks and plan_skipped:
-            reasons = "; ".join(f"{s['unit']}: {s['reason']}" for s in plan_skipped[:3])
+            reasons = "; ".join(f"{s['unit']}: {s['reason']}" + (f" ({s['detail'].strip().splitlines()[-1]})"
+                                                                 if s.get("detail") else "")
+                                for s in plan_skipped[:3])
             raise ValueError(f"source {self.name}: no usable unit under {c.root} ({reasons})")
         return tasks
 
@@ -173,30 +213,48 @@ class RealWorker(SourceWorker):
 
     def build(self, task: ShardTask) -> ShardResult:
         result = ShardResult(pairs=[])
-        for s in task.payload.get("plan_skipped", []):
-            result.skip(s["reason"], unit=s["unit"])
+        for s in task.payload.get("plan_skipped", []):  # units that gave no planned pair: not pairs
+            result.drop(s["reason"], unit=s["unit"], detail=s.get("detail"))
         groups: dict[str, list[PairSpec]] = defaultdict(list)
         for p in task.payload["pairs"]:
             groups[p["unit"]].append(PairSpec(**p))
         for unit_name, specs in groups.items():
-            try:
-                unit = self.reader.load(unit_name)
-            except BadUnit as exc:
-                for _ in specs:
-                    result.skip(f"bad unit: {exc}", unit=unit_name)
-                continue
-            for part, reason, detail in unit.skipped:
-                result.skip(reason, unit=f"{unit_name}/{part}", detail=detail or None)
-            self._build_unit(unit, specs, result)
+            self._build_one(unit_name, specs, result)
         return result
+
+    def _build_one(self, unit_name: str, specs: list[PairSpec], result: ShardResult) -> None:
+        """Load one unit and build its pairs into ``result``. An unexpected exception (see
+        :func:`unit_fault`) drops whatever the unit had built and counts its pairs as an internal
+        error, with the traceback; the parts the reader dropped stay recorded."""
+        try:
+            unit = self.reader.load(unit_name)
+        except BadUnit as exc:
+            result.skip(f"bad unit: {exc}", unit=unit_name, pairs=len(specs))
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug met on this unit costs this unit only
+            if not unit_fault(exc):
+                raise
+            result.error(exc, unit_name, len(specs))
+            return
+        for part, reason, detail in unit.skipped:
+            result.drop(reason, unit=f"{unit_name}/{part}", detail=detail or None)
+        part = ShardResult(pairs=[], metrics=result.metrics)  # the unit's own, merged when it finishes
+        try:
+            self._build_unit(unit, specs, part)
+        except Exception as exc:  # noqa: BLE001 - as above
+            if not unit_fault(exc):
+                raise
+            result.merge(part, built=False)
+            result.error(exc, unit_name, len(specs))
+            return
+        result.merge(part)
 
     def _build_unit(self, unit: Unit, specs: list[PairSpec], result: ShardResult) -> None:
         """Decode the unit's needed frames once, crop each as it streams past (a sequence's frames are
         never all in memory), then assemble the pairs."""
         method = self.config.silhouette or unit.silhouette_default
         if method == "smpl" and unit.meshes is None:
-            for _ in specs:
-                result.skip("smpl silhouette: no body-model fit for this unit", unit=unit.name)
+            result.skip("smpl silhouette: no body-model fit for this unit", unit=unit.name, pairs=len(specs))
             return
         needed: dict[str, set[int]] = defaultdict(set)
         tracks_at: dict[tuple[str, int], set[str]] = defaultdict(set)
@@ -217,18 +275,24 @@ class RealWorker(SourceWorker):
         sides: dict[tuple[str, str, int], Side | PairSkip] = {}
         bg_frames: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
         problems: list = []
-        for cam, frame, img in iter_frames(unit, needed, result.metrics, problems):
-            if frame in samples.get(cam, ()):
-                bg_frames[cam][frame] = np.asarray(img)  # the background samples: a few full frames per camera
-            for track in tracks_at.get((cam, frame), ()):
-                try:
-                    sides[(track, cam, frame)] = self._side(unit, track, cam, frame, img, method)
-                except PairSkip as exc:
-                    sides[(track, cam, frame)] = exc
-        for part, reason, detail in problems:
-            result.skip(reason, unit=part, detail=detail or None)
+        frame_wh: dict[tuple[str, int], tuple[int, int]] = {}  # (cam, frame) -> decoded (width, height)
+        # closing: an exception here stops the read-ahead threads at once
+        with contextlib.closing(iter_frames(unit, needed, result.metrics, problems)) as frames:
+            for cam, frame, img in frames:
+                frame_wh[(cam, frame)] = (img.shape[1], img.shape[0])
+                if frame in samples.get(cam, ()):
+                    bg_frames[cam][frame] = np.asarray(img)  # the background samples: a few full frames per camera
+                for track in tracks_at.get((cam, frame), ()):
+                    try:
+                        sides[(track, cam, frame)] = self._side(unit, track, cam, frame, img, method)
+                    except PairSkip as exc:
+                        sides[(track, cam, frame)] = exc
+        for part, reason, detail in problems:  # frames not decoded: parts; their pairs are skipped below
+            result.drop(reason, unit=part, detail=detail or None)
+        sizes = self._frame_sizes(unit, sides, frame_wh)
         if method == "bgsub":
-            self._bgsub(unit, sides, bg_frames)
+            self._bgsub(unit, sides, {cam: {f: a for f, a in fs.items() if frame_wh[(cam, f)] == sizes[cam]}
+                                      for cam, fs in bg_frames.items()})
         for p in specs:
             try:
                 t = self._get(sides, p.track, p.cam_target, p.frame_target)
@@ -247,8 +311,28 @@ class RealWorker(SourceWorker):
             raise side
         return side
 
+    @staticmethod
+    def _frame_sizes(unit: Unit, sides: dict, frame_wh: dict) -> dict[str, tuple[int, int]]:
+        """The frame size of each camera: the annotation's where the reader states it
+        (``unit.frame_sizes``), else the commonest among the frames decoded (ties: the larger). A
+        side cut from a frame of another size is skipped for that, whatever else was found: the
+        annotation's pixels are not that frame's. Returns {cam: (width, height)}."""
+        sizes: dict[str, tuple[int, int]] = {}
+        stated: dict[str, bool] = {}
+        for cam in sorted({c for c, _ in frame_wh}):
+            seen = Counter(wh for (c, _), wh in frame_wh.items() if c == cam)
+            stated[cam] = unit.frame_sizes.get(cam) is not None
+            sizes[cam] = tuple(unit.frame_sizes[cam]) if stated[cam] else max(seen, key=lambda wh: (seen[wh], wh))
+        for (track, cam, frame) in sides:
+            wh = frame_wh[(cam, frame)]
+            if wh != sizes[cam]:
+                W, H = sizes[cam]
+                whose = "the annotation's" if stated[cam] else "the camera's other frames'"
+                sides[(track, cam, frame)] = PairSkip(f"frame size {wh[0]}x{wh[1]} differs from {whose} {W}x{H}")
+        return sizes
+
     def _bgsub(self, unit: Unit, sides: dict, bg_frames: dict) -> None:
-        """Background subtraction once every camera's background samples are decoded."""
+        """Background subtraction once every camera's background samples (of its frame size) are decoded."""
         S = self.config.image_size
         people: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)  # everyone in each sampled frame
         for (_, c, f), o in unit.observations.items():
@@ -279,12 +363,17 @@ class RealWorker(SourceWorker):
         c = self.config
         S = c.image_size
         obs = unit.observations[(track, cam, frame)]
+        h, w = img.shape[:2]
+        want = unit.frame_sizes.get(cam)
+        if want is not None and (w, h) != tuple(want):  # checked in _frame_sizes: not worth cropping
+            raise PairSkip("frame size")
         box = cropping.person_box(obs)
         if box is None:
             raise PairSkip("no box or keypoints")
         if max(box[2] - box[0], box[3] - box[1]) < c.min_person_px:
             raise PairSkip("person too small")
-        h, w = img.shape[:2]
+        if obs.keypoints is not None and method in ("keypoints", "bgsub") and _labelled(obs.keypoints) < 2:
+            raise PairSkip("fewer than 2 labelled keypoints")  # the keypoint mask would be empty
         inter = max(0.0, min(box[2], w) - max(box[0], 0)) * max(0.0, min(box[3], h) - max(box[1], 0))
         if inter < 0.5 * max((box[2] - box[0]) * (box[3] - box[1]), 1e-6):
             raise PairSkip("person mostly outside the frame")
@@ -363,6 +452,12 @@ class RealWorker(SourceWorker):
 
     def _split(self, unit: Unit) -> str:
         return unit.split
+
+
+def _labelled(kps: np.ndarray, min_conf: float = 0.05) -> int:
+    """Joints a keypoint silhouette can use: finite, confidence above ``min_conf`` (as silhouette.py)."""
+    k = np.asarray(kps, np.float64)
+    return int((np.isfinite(k[:, :3]).all(1) & (k[:, 2] > min_conf)).sum())
 
 
 def _kp_list(k: np.ndarray) -> list[list[float]]:

@@ -88,7 +88,11 @@ class Unit:
     - ``kind``: "body" or "hand" (hands get one crop per visible hand; tracks are "left"/"right").
     - ``skipped``: what the reader dropped while loading, as (part, reason, detail), e.g.
       ("camera 60", "project.txt disagrees with K R [I|-C]", "relative error 0.2"); each becomes a
-      counted skip named ``<unit>/<part>`` in the stats of the shard that builds the unit.
+      counted dropped part (not a pair: what it held was never planned) named ``<unit>/<part>``
+      in the stats of the shard that builds the unit. Whatever a reader leaves out of
+      ``observations`` for a reason (malformed, non-finite, ...) belongs here, not silently away.
+    - ``frame_sizes``: ``{cam: (width, height)}`` the annotations' pixels refer to, when the
+      dataset states it; a decoded frame of another size is skipped with that reason.
     """
 
     name: str
@@ -106,6 +110,9 @@ class Unit:
     silhouette_default: str = "keypoints"  # the source's sensible default method
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (part, reason, detail) the reader dropped
     track_subjects: dict[str, str] = field(default_factory=dict)  # per-track identity, when it differs per track
+    # cam -> (width, height) of the frames the annotations are in, where the dataset states it (e.g.
+    # Penn Action's ``dimensions``): a frame of another size is skipped with that reason
+    frame_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def image_path(self, cam: str, frame: int) -> Path:
         mode, spec = self.images
@@ -122,6 +129,10 @@ class Reader:
     needs = ""
     layout = ""  # the expected root layout, shown by `pairgen sources` and the README
     silhouettes: tuple[str, ...] = ("keypoints", "bgsub", "smpl", "box")  # methods that suit the data
+    # the --reader-option keys the reader reads, key -> one-line help (with the default); any other
+    # key is refused before the build starts (RealSource.check). ``options`` also holds the
+    # generic settings set from flags (annotations, videos, split, smpl_model, mano_model).
+    option_help: dict[str, str] = {}
 
     def __init__(self, root: str | None, options: dict | None = None):
         self.root = Path(root) if root else None

@@ -39,13 +39,13 @@ Choices on the UNCERTAIN points of the format notes:
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from pairgen import safe_pickle
 from pairgen.real.source import RealSource
 from pairgen.real.types import BadUnit, CameraModel, Observation, Reader, Unit
 
@@ -82,11 +82,14 @@ def _read_names(path: Path) -> list[str]:
 
 
 def _load_pickle(path: Path, what: str):
+    """A dataset pickle through the restricted unpickler (arrays and plain data only: a crafted
+    file cannot run code); a refused or malformed file is a BadUnit (the unit is skipped)."""
     try:
-        with open(path, "rb") as f:
-            return pickle.load(f)
+        return safe_pickle.load(path, what)
     except FileNotFoundError as exc:
         raise BadUnit(f"missing {what}") from exc
+    except safe_pickle.RefusedPickle as exc:
+        raise BadUnit(str(exc)) from None
     except Exception as exc:  # truncated / garbage pickles raise assorted errors
         raise BadUnit(f"malformed {what} ({type(exc).__name__})") from exc
 
@@ -172,8 +175,10 @@ def _rescale(cam: CameraModel, s: float, w: int, h: int) -> CameraModel:
 def _smpl_model(path: str):
     import smplx
 
-    try:
-        return smplx.SMPL(model_path=str(path))
+    try:  # smplx would unpickle the file with plain pickle: hand it the restricted loader's arrays
+        return smplx.SMPL(model_path=str(path), data_struct=safe_pickle.body_model_struct(path, "smpl"))
+    except safe_pickle.RefusedPickle as exc:
+        raise BadUnit(f"--smpl-model: {exc}") from None
     except Exception as exc:  # smplx raises assorted errors for malformed files
         raise BadUnit(f"--smpl-model is not a loadable SMPL-format file ({type(exc).__name__})") from exc
 

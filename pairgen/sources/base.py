@@ -50,6 +50,9 @@ class Source(ABC):
     summary: str = ""  # one line for `pairgen sources`
     needs: str = ""  # what the user must provide
     layout: str = ""  # expected root layout (real sources)
+    # the --reader-option keys this source accepts, key -> one-line help; any other key is refused
+    # by check() (real sources: their Reader's ``option_help``)
+    option_help: dict[str, str] = {}
 
     def __init__(self, config: BuildConfig):
         self.config = config
@@ -64,3 +67,18 @@ class Source(ABC):
     @abstractmethod
     def make_worker(self) -> SourceWorker:
         """Per-worker state, built once per worker process."""
+
+
+def check_reader_options(source: Source) -> None:
+    """Refuse ``--reader-option`` keys the source does not declare in ``option_help``, and a key
+    given twice (ValueError, one line naming the accepted keys): a misspelt option would otherwise
+    be ignored without a word."""
+    keys = [item.partition("=")[0].strip() for item in source.config.reader_options]
+    accepted = source.option_help
+    what = f"accepted: {', '.join(sorted(accepted))}" if accepted else "it accepts none"
+    unknown = sorted({k for k in keys if k not in accepted})
+    if unknown:
+        raise ValueError(f"--source {source.name}: unknown --reader-option {', '.join(unknown)} ({what})")
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"--source {source.name}: --reader-option {', '.join(twice)} given more than once")

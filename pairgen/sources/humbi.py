@@ -158,8 +158,10 @@ def load_faces(model_path: str) -> np.ndarray:
         return faces - 1 if faces.min() == 1 else faces
     import smplx
 
-    try:
-        model = smplx.SMPL(model_path=str(p))
+    from pairgen import safe_pickle
+
+    try:  # smplx would unpickle the file with plain pickle: hand it the restricted loader's arrays
+        model = smplx.SMPL(model_path=str(p), data_struct=safe_pickle.body_model_struct(p, "smpl"))
     except Exception as exc:  # smplx raises assorted errors for malformed files
         raise ValueError(f"--smpl-model {model_path}: not a loadable SMPL-format file ({exc})") from exc
     return np.asarray(model.faces, np.int64)

@@ -58,6 +58,7 @@ from pairgen.real.types import BadUnit, CameraModel, Observation, Reader, Unit
 SPLITS = ("train", "val", "test")
 HANDS = ("right", "left")  # right = joints 0..20, left = 21..41
 DEFAULT_SIZE = (512, 334)  # W x H
+MIN_HAND_JOINTS = 8  # visible joints a hand needs (default of --reader-option min_hand_joints)
 _CAM_DIR = re.compile(r"^cam(\d+)$")
 _IMAGE = re.compile(r"^image(\d+)\.jpg$")
 _CAPTURE = re.compile(r"^Capture(\d+)$")
@@ -164,6 +165,8 @@ class InterHandReader(Reader):
               "ROOT/annotations/{skeleton.txt,subject.txt}\n"
               "ROOT/annotations/<split>/InterHand2.6M_<split>_{data,camera,joint_3d}.json "
               "[+ _MANO_NeuralAnnot.json]")
+    option_help = {"fps": "the release, 5 or 30 (default: told from the steps between frame ids)",
+                   "min_hand_joints": f"visible joints a hand needs to be cropped (default {MIN_HAND_JOINTS})"}
 
     # -- paths ----------------------------------------------------------------------------
     def _opt(self, key, default=None):
@@ -190,9 +193,33 @@ class InterHandReader(Reader):
         if not self._splits():
             raise ValueError(f"{self.root}: no split with images/<split>/ and "
                              "annotations/<split>/InterHand2.6M_<split>_{camera,joint_3d}.json")
-        release = self._opt("fps")
-        if release not in (None, 5, 30, 5.0, 30.0):
-            raise ValueError(f"interhand fps option must be 5 or 30 (got {release})")
+        _ = self.release_fps, self.min_hand_joints  # validates the options
+
+    @property
+    def release_fps(self) -> float | None:
+        """``--reader-option fps``: the release (5 or 30), None when not given. Values from the
+        command line are strings."""
+        raw = self._opt("fps")
+        if raw in (None, ""):
+            return None
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            value = None
+        if value not in (5.0, 30.0):
+            raise ValueError(f"interhand: --reader-option fps={raw}: the release, 5 or 30")
+        return value
+
+    @property
+    def min_hand_joints(self) -> int:
+        raw = self._opt("min_hand_joints", MIN_HAND_JOINTS)
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            value = 0
+        if not 1 <= value <= 21:
+            raise ValueError(f"interhand: --reader-option min_hand_joints={raw}: a whole number in [1, 21]")
+        return value
 
     def unit_names(self) -> list[tuple[str, str]]:
         out = []
@@ -315,7 +342,7 @@ class InterHandReader(Reader):
         world: dict[int, np.ndarray] = {}
         valid3: dict[int, np.ndarray] = {}
         no_joints = 0
-        min_joints = int(self._opt("min_hand_joints", 8))
+        min_joints = self.min_hand_joints
         observations: dict[tuple[str, str, int], Observation] = {}
         paths: dict[tuple[str, int], Path] = {}
         sizes: dict[str, tuple[int, int]] = {}
@@ -374,7 +401,7 @@ class InterHandReader(Reader):
         for cam in cameras:
             fs = sorted(fr for (c, fr) in paths if c == cam)
             steps.update(int(d) for d in np.diff(fs) if d > 0)
-        release = self._opt("fps")
+        release = self.release_fps
         fps = release_fps_and_rate(steps.most_common(1)[0][0], release) if steps else 90.0
 
         unit = Unit(
@@ -401,10 +428,17 @@ def _mano_layers(model: str) -> dict:
     import smplx
     import torch
 
+    from pairgen import safe_pickle
+
     p = Path(model)
     if p.is_file():
         p = p.parent
-    layers = {h: smplx.MANO(str(p), is_rhand=(h == "right"), use_pca=False, flat_hand_mean=False)
+    # smplx would unpickle MANO_{RIGHT,LEFT}.pkl with plain pickle: hand it the restricted loader's arrays
+    try:
+        data = {h: safe_pickle.body_model_struct(p, "mano", is_rhand=(h == "right")) for h in HANDS}
+    except safe_pickle.RefusedPickle as exc:
+        raise BadUnit(f"--mano-model: {exc}") from None
+    layers = {h: smplx.MANO(str(p), is_rhand=(h == "right"), use_pca=False, flat_hand_mean=False, data_struct=data[h])
               for h in HANDS}
     # smplx loads the left MANO with the right hand's first shape direction (known sign bug)
     if torch.sum(torch.abs(layers["left"].shapedirs[:, 0, :] - layers["right"].shapedirs[:, 0, :])) < 1:

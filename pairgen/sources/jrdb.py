@@ -93,8 +93,6 @@ VAL_SEQUENCES = frozenset((
 JRDB_TO_COCO = (None, 2, 1, None, None, 5, 3, 7, 6, 12, 9, 11, 10, 14, 13, 16, 15)
 CAM_FILE_RE = re.compile(r"^(?P<seq>.+)_image(?P<k>\d+)\.json$")
 FRAME_FILE_RE = re.compile(r"^(\d+)\.jpg$")
-GENERIC_OPTIONS = {"annotations", "videos", "split", "smpl_model", "mano_model"}
-OPTIONS = {"fps", "views", "val", "max_occlusion", "allow_truncated", "pose_frame_offset", "occluded_joints"}
 MIN_JOINTS = 2  # usable keypoints for a pose to be attached to a box
 
 
@@ -209,6 +207,16 @@ class JrdbReader(Reader):
     layout = ("ROOT/images/image_{0,2,4,6,8,stitched}/<seq>/<%06d>.jpg, ROOT/labels/labels_2d/<seq>_image<k>.json, "
               "ROOT/labels/labels_2d_stitched/<seq>.json, [ROOT/labels/labels_2d_pose_coco/<seq>_image<k>.json], "
               "[ROOT/labels/labels_2d_pose_stitched_coco/<seq>.json]")
+    option_help = {
+        "fps": f"frame rate of the frame numbers (default {FPS:g})",
+        "views": "both (default), individual (the 5 cameras) or stitched (the panorama)",
+        "val": "toolkit (default: the toolkit's 7 suggested val sequences) or none (all train)",
+        "max_occlusion": "most occluded box kept: Fully_visible, Mostly_visible (default), Severely_occluded "
+                         "or Fully_occluded",
+        "allow_truncated": "true or false (default): keep boxes cut by the image border",
+        "occluded_joints": "drop (default) or keep the joints JRDB-Pose marks occluded",
+        "pose_frame_offset": "integer added to a box's frame to find its pose (default 0)",
+    }
 
     def __init__(self, root: str, options: dict | None = None):
         super().__init__(root, options)
@@ -217,10 +225,6 @@ class JrdbReader(Reader):
 
     def _parse_options(self) -> None:
         o = self.options
-        unknown = sorted(k for k in o if k not in GENERIC_OPTIONS | OPTIONS)
-        if unknown:
-            raise ValueError(f"jrdb: unknown --reader-option {', '.join(unknown)} "
-                             f"(known: {', '.join(sorted(OPTIONS))})")
         self.fps = self.number_option("fps", FPS)
         try:
             self.pose_offset = int(o.get("pose_frame_offset", 0))

@@ -142,6 +142,9 @@ class MarsReader(Reader):
               "ROOT/info/{train,test}_name.txt + tracks_{train,test}_info.mat")
     # no keypoints, masks or fits, and no static background: GrabCut seeded by the box, or the box itself
     silhouettes = ("grabcut", "box")
+    option_help = {"fps": f"frame rate of the F numbers, not stated by MARS (default {DEFAULT_FPS:g})",
+                   "person_width": f"box width as a share of the crop width, in (0, 1] "
+                                   f"(default {DEFAULT_PERSON_WIDTH:g})"}
 
     def __init__(self, root: str, options: dict | None = None):
         super().__init__(root, options)

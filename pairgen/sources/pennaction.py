@@ -35,6 +35,11 @@ Readings chosen where the documentation is uncertain (docs/datasets.md section 8
   one entry per missing run of frames); a missing frames folder or a malformed .mat raises
   BadUnit. A video whose labels cannot be read at listing time gets split "unknown" (it is only
   built, and then skipped and named, when no ``--split`` is given).
+- Visible joints stored as NaN are left out (recorded in ``unit.skipped``, runs of frames); a
+  frame left with fewer than 2 usable joints is dropped ("keypoints not finite (NaN)": its
+  keypoint silhouette would be empty).
+- ``dimensions`` gives the frame size the joints are in (``Unit.frame_sizes``): a frame of another
+  size on disk is skipped with that reason, not cropped at the wrong place.
 - Silhouettes: default ``keypoints`` (most Penn Action videos are filmed by moving cameras, so
   median background subtraction does not apply; ``bgsub`` is available for static shots).
 
@@ -66,7 +71,6 @@ BOX_READINGS = ("auto", "xyxy", "xywh")
 VIDEO_RE = re.compile(r"^(\d{4})\.mat$")
 FRAME_RE = re.compile(r"^(\d{6})\.jpg$")
 REQUIRED = ("x", "y", "visibility", "nframes", "train")
-OPTIONS = ("annotations", "videos", "split", "smpl_model", "mano_model", "fps", "joint_order", "bbox")
 BOX_MIN_HOLD = 0.5  # a box holding fewer of the visible joints than this is ignored
 BOX_SLACK = 0.1  # joints this far outside the box (fraction of its size) still count as inside
 
@@ -110,7 +114,18 @@ def read_labels(path: Path) -> dict:
         elif b.size:
             raise BadUnit(f"malformed {path.name}: bbox is {list(b.shape)}, expected [{T}, 4]")
     return {"nframes": T, "split": split, "x": x, "y": y, "visibility": vis, "bbox": bbox,
-            "action": _text(mat.get("action")), "pose": _text(mat.get("pose"))}
+            "action": _text(mat.get("action")), "pose": _text(mat.get("pose")), "size": _size(mat.get("dimensions"))}
+
+
+def _size(dimensions) -> tuple[int, int] | None:
+    """(width, height) from ``dimensions`` [H W T], None when absent or not two positive numbers."""
+    try:
+        d = np.asarray(dimensions, np.float64).ravel()
+    except (TypeError, ValueError):
+        return None
+    if d.size < 2 or not np.isfinite(d[:2]).all() or (d[:2] < 1).any():
+        return None
+    return int(round(d[1])), int(round(d[0]))
 
 
 def _text(v) -> str:
@@ -174,6 +189,9 @@ class PennActionReader(Reader):
     layout = ("ROOT/                                  (Penn_Action/; or --videos DIR / --annotations DIR)\n"
               "  frames/<video %04d>/<frame %06d>.jpg   1-based: 000001.jpg .. nframes\n"
               "  labels/<video %04d>.mat                action pose x y visibility train bbox dimensions nframes")
+    option_help = {"fps": f"frame rate of the frames, not stated by the labels (default {DEFAULT_FPS:g})",
+                   "joint_order": "readme (left before right, default) or right_first",
+                   "bbox": "auto (default: per video), xyxy ([x1 y1 x2 y2]) or xywh ([x y w h])"}
 
     def __init__(self, root: str, options: dict | None = None):
         super().__init__(root, options)
@@ -203,10 +221,6 @@ class PennActionReader(Reader):
 
     # listing ----------------------------------------------------------------------------------
     def check(self) -> None:
-        unknown = sorted(set(self.options) - set(OPTIONS))
-        if unknown:
-            raise ValueError(f"pennaction: unknown reader option(s) {', '.join(unknown)} "
-                             "(known: fps, joint_order, bbox)")
         _ = self.fps, self.joint_order, self.box_reading
         if not self.labels_dir.is_dir() or not self.frames_dir.is_dir():
             raise ValueError(f"--root {self.root}: expected Penn Action's frames/ and labels/ folders "
@@ -254,6 +268,7 @@ class PennActionReader(Reader):
 
         x, y, vis = labels["x"], labels["y"], labels["visibility"]
         ok = vis & np.isfinite(x) & np.isfinite(y)
+        not_finite = vis & ~ok  # visible joints stored as NaN/inf: left out, recorded below
         boxes, reading, held = read_boxes(labels["bbox"], x, y, ok, self.box_reading)
         if boxes is not None and held < BOX_MIN_HOLD and ok.any():
             skipped.append(("bbox", "bbox does not hold the joints: ignored",
@@ -261,10 +276,16 @@ class PennActionReader(Reader):
             boxes = None
         slots = list(PENN_TO_COCO[self.joint_order])
         observations: dict[tuple[str, str, int], Observation] = {}
+        nan_dropped, nan_kept = [], []
         for f in range(1, T + 1):
             if f not in on_disk:
                 continue
             i = f - 1
+            if not_finite[i].any():
+                if ok[i].sum() < 2:  # no keypoint silhouette to make: the frame is dropped, not planned
+                    nan_dropped.append(f)
+                    continue
+                nan_kept.append(f)
             kps = np.zeros((17, 3))
             kps[slots, 0] = np.where(ok[i], x[i], 0.0)
             kps[slots, 1] = np.where(ok[i], y[i], 0.0)
@@ -278,8 +299,15 @@ class PennActionReader(Reader):
             raw13 = np.stack([np.where(ok[i], x[i], 0.0), np.where(ok[i], y[i], 0.0), ok[i].astype(np.float64)], 1)
             observations[(TRACK, CAMERA, f)] = Observation(box=box, keypoints=kps,
                                                            extra_keypoints={"pennaction13": raw13})
+        for frames, reason in ((nan_dropped, "keypoints not finite (NaN)"),
+                               (nan_kept, "some keypoints not finite (NaN): those joints left out")):
+            for a, b in _runs(frames):
+                part = f"frame {a:06d}" if a == b else f"frames {a:06d}-{b:06d}"
+                n = int(not_finite[a - 1:b].sum())
+                skipped.append((part, reason, f"{n} visible joint(s) not finite in {b - a + 1} frame(s)"))
         if not observations:
-            raise BadUnit("no frame with both an image on disk and a labelled person")
+            raise BadUnit("no frame with both an image on disk and a labelled person"
+                          + (" (keypoints not finite)" if nan_dropped else ""))
         frames_dir = self.frames_dir
 
         def image_fn(cam: str, frame: int) -> Path:
@@ -289,6 +317,8 @@ class PennActionReader(Reader):
                     frames=sorted(f for (_, _, f) in observations), cameras=[CAMERA], observations=observations,
                     images=("files", image_fn), kind="body", silhouette_default="keypoints")
         unit.skipped = skipped
+        if labels["size"] is not None:  # the joints are pixels of frames of this size
+            unit.frame_sizes = {CAMERA: labels["size"]}
         return unit
 
 

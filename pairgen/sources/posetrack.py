@@ -37,7 +37,8 @@ Readings chosen where the documentation is uncertain (docs/datasets.md section 5
   ``unit.track_subjects`` (the manifest's subject); ``unit.subject`` is the video name.
 
 Partial problems (a missing image, a malformed annotation entry, a track labelled in one frame
-only, people inside ignore regions) are listed on ``unit.skipped``; a malformed or empty JSON
+only, people inside ignore regions, labelled joints stored as NaN: left out, and the person
+dropped when fewer than 4 joints remain) are listed on ``unit.skipped``; a malformed or empty JSON
 raises BadUnit.
 """
 
@@ -145,6 +146,7 @@ class PoseTrackReader(Reader):
              "optional --reader-option fps=N (default 25), --annotations DIR (holding train/ val/)")
     layout = ("ROOT/images/{train,val}/<seq>/<%06d>.jpg + ROOT/annotations/{train,val}/<seq>.json (PoseTrack18; "
               "or posetrack_data/annotations/...) or ROOT/posetrack_data/{train,val}/<seq>.json (PoseTrack21)")
+    option_help = {"fps": f"frame rate of the videos, not stated by the annotations (default {DEFAULT_FPS:g})"}
 
     def __init__(self, root: str, options: dict | None = None):
         super().__init__(root, options)
@@ -259,6 +261,7 @@ class PoseTrackReader(Reader):
         observations: dict[tuple[str, str, int], Observation] = {}
         subjects: dict[str, str] = {}
         ignored: dict[str, list[int]] = defaultdict(list)
+        not_finite: dict[tuple[str, bool], list[int]] = defaultdict(list)  # (track, dropped) -> frames
         for i, ann in enumerate(doc.get("annotations", [])):
             if not isinstance(ann, dict) or not isinstance(ann.get("image_id"), (int, str)) \
                     or ann["image_id"] not in frames:
@@ -276,8 +279,14 @@ class PoseTrackReader(Reader):
             except (TypeError, ValueError) as exc:
                 skipped.append((f"annotation {ann.get('id', i)}", "malformed annotation", str(exc)))
                 continue
+            raw = np.asarray(ann["keypoints"], np.float64).reshape(17, 3)
+            nan = bool((~np.isfinite(raw).all(1) & (raw[:, 2] != 0)).any())  # labelled joints stored as NaN/inf
             if int((pt[:, 2] > 0).sum()) < MIN_KEYPOINTS:
-                continue
+                if nan:  # too few joints left because of them: dropped, and said so
+                    not_finite[(track, True)].append(fr)
+                continue  # else a box-only person (PoseTrack21): not used, not an error
+            if nan:
+                not_finite[(track, False)].append(fr)
             labelled = pt[pt[:, 2] > 0, :2]
             box = np.array([*labelled.min(0), *labelled.max(0)])
             for b in (_xywh(ann.get("bbox")), _xywh(ann.get("bbox_head"))):
@@ -297,6 +306,10 @@ class PoseTrackReader(Reader):
         for track, frs in sorted(ignored.items()):
             skipped.append((f"track {track}", "inside an ignore region",
                             f"{len(frs)} frames: " + ", ".join(f"{f:06d}" for f in sorted(frs)[:8])))
+        for (track, dropped), frs in sorted(not_finite.items()):
+            skipped.append((f"track {track}", "keypoints not finite (NaN)" if dropped else
+                            "some keypoints not finite (NaN): those joints left out",
+                            f"{len(frs)} frames: " + ", ".join(f"{f:06d}" for f in sorted(frs)[:8])))
 
         per_track: dict[str, list[int]] = defaultdict(list)
         for track, _, fr in observations:
@@ -306,7 +319,9 @@ class PoseTrackReader(Reader):
                 skipped.append((f"track {track}", "labelled in one frame only: no pair", f"frame {frs[0]:06d}"))
                 del observations[(track, CAMERA, frs[0])]
         if not observations:
-            raise BadUnit("no track labelled in two usable frames")
+            nan = sum(len(frs) for (_, dropped), frs in not_finite.items() if dropped)
+            raise BadUnit("no track labelled in two usable frames"
+                          + (f" ({nan} people dropped: keypoints not finite)" if nan else ""))
 
         used = sorted({fr for (_, _, fr) in observations})
 

@@ -7,10 +7,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pairgen.config import BuildConfig
 from pairgen.record import ShardResult
-from pairgen.sources.base import ShardTask, Source, SourceWorker
+from pairgen.sources.base import ShardTask, Source, SourceWorker, check_reader_options
 
 MAX_ATTEMPTS = 8
+# settings of the real sources the renderer would ignore: refused rather than ignored (a value was given)
+REAL_ONLY = (("root", "--root"), ("annotations", "--annotations"), ("videos", "--videos"), ("split", "--split"),
+             ("silhouette", "--silhouette"), ("mano_model", "--mano-model"),
+             ("min_view_angle_deg", "--min-view-angle-deg"), ("crop_margin", "--crop-margin"),
+             ("min_person_px", "--min-person-px"))
 
 
 class SyntheticWorker(SourceWorker):
@@ -61,13 +67,14 @@ class SyntheticWorker(SourceWorker):
             if not isinstance(first, Exception):
                 sink(first)
                 continue
-            result.skip(f"redrawn: {first}", unit=f"pair{index}/attempt0")
+            # a discarded draw is not a pair lost (the pair is drawn again): a dropped part
+            result.drop(f"redrawn: {first}", unit=f"pair{index}/attempt0")
             for attempt in range(1, MAX_ATTEMPTS):
                 try:
                     sink(self.generator.make_pair(self.config.seed, index, attempt))
                     break
                 except (RetryPair, ValueError) as exc:  # a bad draw (camera fit, static poses)
-                    result.skip(f"redrawn: {exc}", unit=f"pair{index}/attempt{attempt}")
+                    result.drop(f"redrawn: {exc}", unit=f"pair{index}/attempt{attempt}")
             else:
                 result.skip("no usable draw", unit=f"pair{index}")
         return result
@@ -76,9 +83,18 @@ class SyntheticWorker(SourceWorker):
 class SyntheticSource(Source):
     name = "synthetic"
     summary = "SURREAL-style rendered humans (anny body, procedural clothing, lights, backgrounds); cross-view and cross-pose"
-    needs = "nothing (optional: --backgrounds DIR of images; --body smpl --smpl-model FILE [--motions AMASS_DIR])"
+    needs = ("nothing (optional: --backgrounds DIR of images; --body smpl --smpl-model FILE [--motions AMASS_DIR]); "
+             "silhouettes are exact, so --silhouette, --reader-option and the other real-source settings "
+             "(--root, --annotations, --videos, --split, --mano-model, --min-view-angle-deg, --crop-margin, "
+             "--min-person-px) are refused")
 
     def check(self) -> None:
+        c, default = self.config, BuildConfig()
+        given = [flag for key, flag in REAL_ONLY if getattr(c, key) != getattr(default, key)]
+        if given:
+            raise ValueError(f"--source synthetic does not take {', '.join(given)} (settings of the real sources "
+                             "that it would ignore; its silhouettes are exact renders)")
+        check_reader_options(self)
         if self.config.motions:
             from pairgen.synthetic.amass import MotionBank
 

@@ -17,8 +17,10 @@ with the image there) and the image file exists.
 
 Readings chosen (see docs/datasets.md section 3):
 
-- Pickles are read with ``pickle.load(f, encoding="latin1")``; key spellings ``genders`` and
-  ``poses2d`` (the readme's ``gender`` / ``poses2D`` are accepted too).
+- Pickles are read with ``encoding="latin1"`` by the restricted unpickler of
+  :mod:`pairgen.safe_pickle` (arrays and plain data only: a crafted file is refused, BadUnit, and
+  runs no code); key spellings ``genders`` and ``poses2d`` (the readme's ``gender`` / ``poses2D``
+  are accepted too).
 - Splits: the folder name, with ``validation`` written as ``val`` (``--split val``), like the other
   sources; ``train`` and ``test`` as they are.
 - Subject: the sequence name (3DPW does not identify actors across sequences); the person of a
@@ -52,12 +54,12 @@ folder or no usable frame at all raise BadUnit.
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 
 import numpy as np
 
+from pairgen import safe_pickle
 from pairgen.real.source import RealSource
 from pairgen.real.types import BadUnit, CameraModel, Observation, Reader, Unit
 
@@ -80,8 +82,9 @@ REQUIRED = ("cam_poses", "cam_intrinsics", "campose_valid")
 def load_pickle(path: Path) -> dict:
     """A 3DPW sequence pickle (Python 2: latin1 strings); BadUnit naming the file if unreadable."""
     try:
-        with open(path, "rb") as f:
-            data = pickle.load(f, encoding="latin1")
+        data = safe_pickle.load(path, "sequence pickle", encoding="latin1")
+    except safe_pickle.RefusedPickle as exc:
+        raise BadUnit(str(exc)) from None
     except Exception as exc:  # unpickling garbage raises assorted errors
         raise BadUnit(f"malformed sequence pickle {path.name}: {type(exc).__name__}: {exc}") from None
     if not isinstance(data, dict):
@@ -178,14 +181,16 @@ class ThreeDPWReader(Reader):
             import smplx
 
             try:
+                model_file = path
                 if path.is_dir():  # the actor's gender, else neutral, else whichever file is there
                     order = [gender] + [g for g in ("neutral", "male", "female") if g != gender]
                     files = [p for p in (path / f"SMPL_{g.upper()}.pkl" for g in order) if p.is_file()]
                     if not files:
                         raise ValueError("no SMPL_MALE.pkl, SMPL_FEMALE.pkl or SMPL_NEUTRAL.pkl in the folder")
-                    model = smplx.SMPL(model_path=str(files[0]), num_betas=10)
-                else:
-                    model = smplx.SMPL(model_path=str(path), num_betas=10)
+                    model_file = files[0]
+                # smplx would unpickle the file with plain pickle: hand it the restricted loader's arrays
+                model = smplx.SMPL(model_path=str(model_file), num_betas=10,
+                                   data_struct=safe_pickle.body_model_struct(model_file, "smpl"))
             except Exception as exc:  # smplx raises assorted errors for malformed files
                 raise ValueError(f"--smpl-model {path}: not a loadable SMPL-format model ({exc})") from exc
             self._models[key] = model

@@ -3,7 +3,8 @@
 Reads the SMPL+H release (``poses`` [T, 156], ``mocap_framerate``) and the SMPL-X release
 (``poses`` [T, 165], ``mocap_frame_rate``): root (0:3) and 21 body joints (3:66), with zeros for
 SMPL's two hand joints. Files without poses (``shape.npz``) or unreadable ones are skipped and
-counted. Poses are played at their frame rate (nearest frame).
+counted; so are files whose arrays would need pickles (read with ``allow_pickle=False``: a
+crafted npz cannot run code). Poses are played at their frame rate (nearest frame).
 """
 
 from __future__ import annotations
@@ -33,18 +34,31 @@ class AmassClip:
 
 
 def load_amass(path: Path) -> AmassClip:
-    """One AMASS file as a clip; raises ValueError if it holds no usable motion."""
+    """One AMASS file as a clip; raises ValueError if it holds no usable motion.
+
+    AMASS files are plain numeric arrays: they are read with ``allow_pickle=False``, so an array
+    that holds pickled Python objects (which would run code when unpickled) is refused with a
+    one-line error naming the file (a ``ValueError``: the file is skipped like any bad motion)."""
+    from pairgen.safe_pickle import RefusedPickle, npz_array
+
+    path = Path(path)
     try:
-        data = np.load(path, allow_pickle=True)
+        data = np.load(path, allow_pickle=False)
     except Exception as exc:  # numpy raises several types for damaged archives
+        if "allow_pickle" in str(exc):  # a pickle (or an object .npy) named .npz
+            raise RefusedPickle(f"AMASS motion {path.name}: refused to load: it is a pickle, not an npz of "
+                                "plain arrays") from None
         raise ValueError(f"unreadable npz ({exc})") from exc
-    if "poses" not in data.files:
-        raise ValueError("no 'poses' (shape-only file)")
-    poses = np.asarray(data["poses"], dtype=np.float32)
-    if poses.ndim != 2 or poses.shape[1] < 66 or len(poses) < 2:
-        raise ValueError(f"poses of shape {poses.shape}")
-    fps_key = "mocap_framerate" if "mocap_framerate" in data.files else "mocap_frame_rate"
-    fps = float(data[fps_key]) if fps_key in data.files else 0.0
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError("not an npz archive")
+    with data:
+        if "poses" not in data.files:
+            raise ValueError("no 'poses' (shape-only file)")
+        poses = np.asarray(npz_array(data, "poses", path, "AMASS motion"), dtype=np.float32)
+        if poses.ndim != 2 or poses.shape[1] < 66 or len(poses) < 2:
+            raise ValueError(f"poses of shape {poses.shape}")
+        fps_key = "mocap_framerate" if "mocap_framerate" in data.files else "mocap_frame_rate"
+        fps = float(npz_array(data, fps_key, path, "AMASS motion")) if fps_key in data.files else 0.0
     if not fps > 0:
         raise ValueError("no frame rate")
     smpl = np.zeros((len(poses), 72), np.float32)

@@ -42,9 +42,12 @@ class SmplBody:
         import torch
         import smplx
 
+        from pairgen import safe_pickle
+
         self._torch = torch
-        try:
-            self.model = smplx.SMPL(model_path=str(model_path), num_betas=num_betas)
+        try:  # smplx would unpickle the file with plain pickle: hand it the restricted loader's arrays
+            self.model = smplx.SMPL(model_path=str(model_path), num_betas=num_betas,
+                                    data_struct=safe_pickle.body_model_struct(model_path, "smpl"))
         except Exception as exc:  # smplx raises assorted errors for malformed files
             raise ValueError(f"--smpl-model {model_path}: not a loadable SMPL-format file ({exc})") from exc
         self.num_betas = num_betas
