@@ -91,6 +91,8 @@ class BuildConfig:
             raise ValueError("--body smpl needs --smpl-model FILE (your licensed SMPL .pkl)")
         if self.smpl_model and not Path(self.smpl_model).is_file():
             raise ValueError(f"--smpl-model {self.smpl_model}: no such file")
+        if self.mano_model and not Path(self.mano_model).exists():
+            raise ValueError(f"--mano-model {self.mano_model}: no such file or directory")
         if self.motions and self.body != "smpl":
             raise ValueError("--motions (AMASS, SMPL poses) needs --body smpl")
         if self.motions and not Path(self.motions).is_dir():

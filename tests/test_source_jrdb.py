@@ -290,7 +290,8 @@ def _hard_case(truth: dict, resized=(True, {"frame size *"})):
     hard, gt = truth["hard"], truth["sequences"][truth["hard"]["seq"]]
     # a pedestrian cut by an image border (walking into the next camera) shows a sliver: a box below
     # --min-person-px, or visible joints that share no limb (the keypoint mask draws nothing)
-    cut = {"person too small", "empty silhouette", "fewer than 2 labelled keypoints"}
+    cut = {"person too small", "labelled keypoints share no limb (no keypoint silhouette)",
+           "fewer than 2 labelled keypoints"}
 
     def case_of(unit, track, cam, frame):
         edge = hard["pans"].get(frame) if cam == hard["cam"] else None

@@ -415,6 +415,8 @@ class RealWorker(SourceWorker):
             mask, used = sil.mesh_mask(cropping.to_crop(uv, cbox, S), z, np.asarray(faces), S), "smpl"
         else:
             raise PairSkip(f"unknown silhouette method {method}")
+        if used == "keypoints" and not mask.any():  # e.g. a wrist and an ankle: no limb joins them
+            raise PairSkip("labelled keypoints share no limb (no keypoint silhouette)")
         mask = np.where(in_frame, mask, 0).astype(np.uint8)  # nothing is known in the padding
         if not mask.any():
             raise PairSkip("empty silhouette")
