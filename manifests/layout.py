@@ -37,28 +37,54 @@ def shard_name(source: str, index: int) -> str:
     return f"{source}-{index:06d}"
 
 
+# Paths relative to OUT ('/'-separated): what every storage backend is given (see manifests.storage).
+def tar_rel(name: str) -> str:
+    return f"{name}.tar"
+
+
+def manifest_rel(name: str) -> str:
+    return f"{MANIFEST_DIR}/{name}.parquet"
+
+
+def stats_rel(name: str) -> str:
+    return f"{STATS_DIR}/{name}.json"
+
+
+def config_rel(source: str) -> str:
+    return f"build-{source}.json"
+
+
+def plan_rel(source: str) -> str:
+    return f"plan-{source}.json"
+
+
+def failures_rel(source: str) -> str:
+    return f"failures-{source}.json"
+
+
+# The same as local paths (OUT a local directory).
 def tar_path(out: Path, name: str) -> Path:
-    return Path(out) / f"{name}.tar"
+    return Path(out) / tar_rel(name)
 
 
 def manifest_path(out: Path, name: str) -> Path:
-    return Path(out) / MANIFEST_DIR / f"{name}.parquet"
+    return Path(out) / manifest_rel(name)
 
 
 def stats_path(out: Path, name: str) -> Path:
-    return Path(out) / STATS_DIR / f"{name}.json"
+    return Path(out) / stats_rel(name)
 
 
 def config_path(out: Path, source: str) -> Path:
-    return Path(out) / f"build-{source}.json"
+    return Path(out) / config_rel(source)
 
 
 def failures_path(out: Path, source: str) -> Path:
-    return Path(out) / f"failures-{source}.json"
+    return Path(out) / failures_rel(source)
 
 
 def plan_path(out: Path, source: str) -> Path:
-    return Path(out) / f"plan-{source}.json"
+    return Path(out) / plan_rel(source)
 
 
 def is_shard_file(name: str, suffix: str = ".tar") -> bool:
@@ -83,26 +109,29 @@ def is_ours(name: str) -> bool:
             or is_partial_file(name))
 
 
-def build_configs(out: Path) -> list[str]:
+def as_store(out, options: dict | None = None):
+    """OUT as a :class:`manifests.storage.Store` (a local path, any fsspec URL, or a Store)."""
+    from manifests.storage import Store
+
+    return out if isinstance(out, Store) else Store(out, options)
+
+
+def build_configs(out, options: dict | None = None) -> list[str]:
     """Sources whose build config is in OUT, sorted."""
-    out = Path(out)
-    if not out.is_dir():
-        return []
-    return sorted(m.group("source") for p in out.iterdir()
-                  if (m := RECORD_RE.match(p.name)) and m.group("what") == "build")
+    return sorted(m.group("source") for n in as_store(out, options).listdir()
+                  if (m := RECORD_RE.match(n)) and m.group("what") == "build")
 
 
-def finished_shards(out: Path) -> list[str]:
-    """Names of shards whose stats file (the completion marker) exists, sorted."""
-    d = Path(out) / STATS_DIR
-    if not d.is_dir():
-        return []
-    return sorted(p.stem for p in d.glob("*.json") if SHARD_RE.match(p.stem))
+def finished_shards(out, options: dict | None = None) -> list[str]:
+    """Names of shards whose stats file (the completion marker) exists, sorted. ``out``: a local
+    path, an fsspec URL (``s3://bucket/prefix``) or a Store."""
+    return sorted(n[:-5] for n in as_store(out, options).listdir(STATS_DIR) if is_shard_file(n, ".json"))
 
 
-def shard_urls(out: Path) -> list[str]:
-    """Paths of the finished shards' tars, for ``webdataset.WebDataset``."""
-    return [str(tar_path(out, n)) for n in finished_shards(out)]
+def shard_urls(out, options: dict | None = None) -> list[str]:
+    """The finished shards' tars (local paths or URLs), for ``webdataset.WebDataset``."""
+    store = as_store(out, options)
+    return [store.url_of(tar_rel(n)) for n in finished_shards(store)]
 
 
 def write_atomic(path: Path, data: bytes) -> None:
