@@ -28,6 +28,7 @@ MANIFEST_DIR = "manifest"
 STATS_DIR = "stats"
 TMP_DIR = ".tmp"
 LOCK_FILE = ".lock"  # held (flock) by the build writing into OUT
+PROBE_PREFIX = ".probe-"  # a short-lived file: does every cluster node see OUT?
 RECORD_RE = re.compile(r"^(?P<what>build|plan|failures)-(?P<source>[a-z0-9_]+)\.json$")
 PARTIAL_RE = re.compile(r"^\.(?P<name>.+)\.\d+\.partial$")
 
@@ -106,7 +107,7 @@ def is_partial_file(name: str) -> bool:
 def is_ours(name: str) -> bool:
     """A top-level entry of OUT that pairgen writes (a user's file under another name is not)."""
     return (name in (MANIFEST_DIR, STATS_DIR, TMP_DIR, LOCK_FILE) or is_shard_file(name) or is_record_file(name)
-            or is_partial_file(name))
+            or is_partial_file(name) or name.startswith(PROBE_PREFIX))
 
 
 def as_store(out, options: dict | None = None):

@@ -49,6 +49,8 @@ def parse_options(items) -> dict:
         parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise StorageError(f"--storage-option {item!r}: {p!r} is already set to a value, not a group")
         node[parts[-1]] = parsed
     return opts
 
@@ -135,17 +137,49 @@ class Store:
             return None
         if info.get("type") == "directory":
             return None
-        mtime = info.get("LastModified") or info.get("mtime") or info.get("updated")
-        if hasattr(mtime, "timestamp"):
-            mtime = mtime.timestamp()
-        elif isinstance(mtime, str):
-            from datetime import datetime
+        return {"size": int(info.get("size") or 0), "mtime": _mtime(info)}
 
+    def listing(self, rel: str = "") -> dict[str, dict]:
+        """The files directly under ``rel``: {name: {"size", "mtime"}} in one listing (object stores:
+        one paged LIST request, not a request per object)."""
+        found: dict[str, dict] = {}
+        if self.local:
             try:
-                mtime = datetime.fromisoformat(mtime.replace("Z", "+00:00")).timestamp()
-            except ValueError:
-                mtime = None
-        return {"size": int(info.get("size") or 0), "mtime": float(mtime) if mtime is not None else None}
+                it = os.scandir(self.path(rel))
+            except (FileNotFoundError, NotADirectoryError):
+                return found
+            with it:
+                for e in it:
+                    if e.is_file(follow_symlinks=False):
+                        st = e.stat(follow_symlinks=False)
+                        found[e.name] = {"size": st.st_size, "mtime": st.st_mtime_ns / 1e9}
+            return found
+        try:
+            entries = self.fs.ls(self.path(rel), detail=True, refresh=True)
+        except FileNotFoundError:
+            return found
+        for info in entries:
+            if info.get("type") == "directory":
+                continue
+            name = info["name"].rstrip("/").rsplit("/", 1)[-1]
+            found[name] = {"size": int(info.get("size") or 0), "mtime": _mtime(info)}
+        return found
+
+    def read_many(self, rels: list[str]) -> dict[str, bytes | None]:
+        """{rel: its bytes, or None if missing/unreadable}; object stores fetch them concurrently."""
+        if self.local:
+            out: dict[str, bytes | None] = {}
+            for rel in rels:
+                try:
+                    out[rel] = self.read_bytes(rel)
+                except OSError:
+                    out[rel] = None
+            return out
+        if not rels:
+            return {}
+        paths = {self.path(rel): rel for rel in rels}
+        got = self.fs.cat(list(paths), on_error="return")
+        return {rel: (got.get(path) if isinstance(got.get(path), bytes) else None) for path, rel in paths.items()}
 
     def open(self, rel: str, mode: str = "rb", **kw) -> BinaryIO:
         if self.local:
@@ -235,6 +269,21 @@ class Store:
             self.fs.rm_file(self.path(probe))
         except Exception as exc:  # noqa: BLE001 - botocore/aiohttp raise many types
             raise StorageError(f"{self.url}: cannot write there ({describe_error(exc)})") from None
+
+
+def _mtime(info: dict) -> float | None:
+    """Seconds since the epoch from an fsspec info dict (S3: LastModified; others: mtime/updated)."""
+    mtime = info.get("LastModified") or info.get("mtime") or info.get("updated") or info.get("last_modified")
+    if hasattr(mtime, "timestamp"):
+        return mtime.timestamp()
+    if isinstance(mtime, str):
+        from datetime import datetime
+
+        try:
+            return datetime.fromisoformat(mtime.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return float(mtime) if isinstance(mtime, (int, float)) else None
 
 
 def describe_error(exc: BaseException) -> str:

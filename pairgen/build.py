@@ -1,6 +1,6 @@
 """The build driver: validate, plan, skip finished shards, distribute, record failures.
 
-    source.plan() -> [ShardTask] -> distributor -> (worker: source.build -> encode -> write_shard)
+    source.plan() -> [ShardTask] -> distributor -> (worker: source.build -> encode -> stage -> publish)
 """
 
 from __future__ import annotations
@@ -14,70 +14,92 @@ from pathlib import Path
 
 from manifests import layout
 from manifests.sample import sample_key
+from manifests.storage import Store, StorageError, parse_options
 from pairgen.config import BuildConfig
 from pairgen.encode import PairEncoder
 from pairgen.sources import make_source
 from pairgen.sources.base import ShardTask, SourceWorker
-from pairgen.writer import OutputError, clean_partials, output_error, remove_strays, resume_state, write_shard
+from pairgen.writer import (TIMING_METRICS, OutputError, Staged, clean_partials, output_error,  # noqa: F401
+                            remove_strays, resume_state, stage_shard)
 
 
 class BuildError(Exception):
     """Bad input or a refused output directory (reported as one line, exit code 2)."""
 
 
-def prepare_output(config: BuildConfig, log=None) -> Path:
+def open_output(config: BuildConfig) -> Store:
+    """The build's Store for ``--out`` (a local path, made absolute, or an fsspec URL); bad
+    storage input is a BuildError."""
+    try:
+        return Store(config.out, parse_options(config.storage_options))
+    except StorageError as exc:
+        raise BuildError(f"--out {exc}") from None
+
+
+def prepare_output(config: BuildConfig, store: Store, log=None) -> Store:
     """Check OUT is ours (or empty) and writable, and that a resumed build has the same settings.
 
-    A directory is ours when it holds a pairgen build config, or nothing but in-progress files of
-    one (a build killed while writing its config); any file that pairgen does not write, or
-    shard-like files without a build config next to them, make it someone else's: refused.
+    A directory (or prefix) is ours when it holds a pairgen build config, or nothing but
+    in-progress files of one (a build killed while writing its config); any file that pairgen
+    does not write, or shard-like files without a build config next to them, make it someone
+    else's: refused. Object storage is probed with a write (bucket, credentials, endpoint).
     """
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
+    out = store.url
+    if store.local and os.path.exists(store.root) and not os.path.isdir(store.root):
         raise BuildError(f"--out {out}: exists and is not a directory")
-    if out.is_dir():
-        entries = sorted(p.name for p in out.iterdir())
+    if not store.local:
+        try:
+            store.check_writable()
+        except StorageError as exc:
+            raise BuildError(f"--out {exc}") from None
+    entries = store.listdir()
+    if entries:
         foreign = [n for n in entries if not layout.is_ours(n)]
         for sub, suffix in ((layout.MANIFEST_DIR, ".parquet"), (layout.STATS_DIR, ".json")):
-            if (out / sub).is_dir():  # pairgen never deletes a file it did not write
-                foreign += [f"{sub}/{p.name}" for p in sorted((out / sub).iterdir())
-                            if not (layout.is_shard_file(p.name, suffix) or layout.PARTIAL_RE.match(p.name))]
+            if sub in entries:  # pairgen never deletes a file it did not write
+                foreign += [f"{sub}/{n}" for n in store.listdir(sub)
+                            if not (layout.is_shard_file(n, suffix) or layout.PARTIAL_RE.match(n))]
         if foreign:
             raise BuildError(f"--out {out}: not empty and not a pairgen output (found {', '.join(foreign[:3])})")
-        if entries and not layout.build_configs(out) and not all(
-                layout.is_partial_file(n) or n in (layout.TMP_DIR, layout.LOCK_FILE) for n in entries):
+        if not layout.build_configs(store) and not all(
+                layout.is_partial_file(n) or n in (layout.TMP_DIR, layout.LOCK_FILE) or n.startswith(layout.PROBE_PREFIX)
+                for n in entries):
             raise BuildError(f"--out {out}: not empty and holds no pairgen build config (found "
                              f"{', '.join(entries[:3])}); refusing to overwrite it: use an empty or new --out")
-        cfg_file = layout.config_path(out, config.source)
-        if cfg_file.exists():
+        rel = layout.config_rel(config.source)
+        if rel in entries:
             try:
-                previous = BuildConfig.from_json(json.loads(cfg_file.read_text())).output_identity()
-            except (ValueError, TypeError, AttributeError) as exc:
+                previous = BuildConfig.from_json(json.loads(store.read_bytes(rel))).output_identity()
+            except (ValueError, TypeError, AttributeError, OSError) as exc:
                 previous = None  # rewritten below; each finished shard's stats record its own settings
-                (log or print)(f"pairgen: {cfg_file.name} is unreadable ({type(exc).__name__}); rewriting it and "
+                (log or print)(f"pairgen: {rel} is unreadable ({type(exc).__name__}); rewriting it and "
                                "checking each finished shard against the settings it was built with")
             current = config.output_identity()
             diff = [] if previous is None else sorted(k for k in current if previous.get(k) != current[k])
             if diff:
                 raise BuildError(f"--out {out} holds a {config.source} build with other settings ({', '.join(diff)}); "
                                  "use the same settings to resume or a new --out")
-    probe = out if out.is_dir() else next((p for p in out.absolute().parents if p.exists()), Path("."))
-    if not probe.is_dir():
-        raise BuildError(f"--out {out}: {probe} is not a directory")
-    if not os.access(probe, os.W_OK):
-        raise BuildError(f"--out {out}: not writable")
-    return out
+    if store.local:
+        probe = Path(store.root)
+        probe = probe if probe.is_dir() else next((p for p in probe.parents if p.exists()), Path("/"))
+        if not probe.is_dir():
+            raise BuildError(f"--out {out}: {probe} is not a directory")
+        if not os.access(probe, os.W_OK):
+            raise BuildError(f"--out {out}: not writable")
+    return store
 
 
-def _write_record(path: Path, obj) -> None:
+def _write_record(store: Store, rel: str, obj) -> None:
     try:
-        layout.write_json_atomic(path, obj)
-    except OSError as exc:
-        raise output_error(exc, exc.filename or path) from None
+        store.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    except Exception as exc:  # noqa: BLE001 - object stores raise many types; all stop the build
+        raise output_error(exc, store, rel) from None
 
 
-def build_shard(worker: SourceWorker, task: ShardTask, config: BuildConfig) -> dict:
-    """Run one shard end to end inside a worker; returns its stats."""
+def build_shard(worker: SourceWorker, task: ShardTask, config: BuildConfig, store: Store,
+                on_pair=None) -> tuple[Staged, dict]:
+    """Run one shard inside a worker up to its staged files (publish them with
+    :func:`pairgen.writer.publish`); returns (staged, timings). ``on_pair(n)`` is told each pair."""
     t0 = time.time()
     name = layout.shard_name(task.source, task.index)
     samples, rows = [], []
@@ -88,17 +110,24 @@ def build_shard(worker: SourceWorker, task: ShardTask, config: BuildConfig) -> d
         members, row = encoder.encode(record, key, name)
         samples.append((key, members))
         rows.append(row)
+        if on_pair is not None:
+            on_pair(len(samples))
 
     result = worker.build_into(task, encode)
     kinds = Counter(r["kind"] for r in rows)
-    stats = {
+    metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.metrics.items()}
+    timings = {k: metrics.pop(k) for k in TIMING_METRICS if k in metrics}
+    stats = {  # deterministic: the same build writes the same bytes (timings go to the driver only)
         "source": task.source, "index": task.index, "planned": task.planned, "seed": config.seed,
         "kinds": dict(sorted(kinds.items())), "skipped": result.skipped, "skipped_units": result.skipped_units,
-        "metrics": {k: round(v, 4) if isinstance(v, float) else v for k, v in result.metrics.items()},
-        "build_s": round(time.time() - t0, 4), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "metrics": metrics,
         "identity": config.identity_digest(),  # the settings it was built with (BuildConfig.output_identity)
     }
-    return write_shard(Path(config.out), name, samples, rows, stats)
+    timings["build_s"] = round(time.time() - t0, 4)
+    t1 = time.time()
+    staged = stage_shard(store, name, samples, rows, stats)
+    timings["stage_s"] = round(time.time() - t1, 4)
+    return staged, timings
 
 
 def run_build(config: BuildConfig, progress: bool = True, log=None) -> dict:
@@ -111,38 +140,46 @@ def run_build(config: BuildConfig, progress: bool = True, log=None) -> dict:
         source.check()
     except ValueError as exc:
         raise BuildError(str(exc)) from exc
-    out = prepare_output(config, log)
+    store = open_output(config)
+    config.out = store.url  # resolved on the driver (absolute path or URL) before any worker starts
+    prepare_output(config, store, log)
     try:
         tasks = source.plan()  # real sources read annotations here: bad input is reported, not raised
     except ValueError as exc:
         raise BuildError(str(exc)) from exc
     if not tasks:
         raise BuildError(f"source {config.source}: nothing to build (no pairs could be planned)")
+    lock = None
+    if store.local:
+        try:
+            store.makedirs()
+            lock = layout.lock_output(Path(store.root))
+        except layout.Busy as exc:
+            raise BuildError(f"--out {store.url}: another pairgen build is writing into it ({exc}); "
+                             "wait for it to end or stop it") from None
+        except OSError as exc:
+            raise output_error(exc, store, "") from None
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        lock = layout.lock_output(out)
-    except layout.Busy as exc:
-        raise BuildError(f"--out {out}: another pairgen build is writing into it ({exc}); "
-                         "wait for it to end or stop it") from None
-    except OSError as exc:
-        raise output_error(exc, out) from None
-    try:
-        return _build(config, source, tasks, out, progress, log)
+        return _build(config, source, tasks, store, progress, log)
     finally:
-        lock.close()
+        if lock is not None:
+            lock.close()
 
 
-def _build(config: BuildConfig, source, tasks: list[ShardTask], out: Path, progress: bool, log) -> dict:
-    _write_record(layout.config_path(out, config.source), config.to_json())
+def _build(config: BuildConfig, source, tasks: list[ShardTask], store: Store, progress: bool, log) -> dict:
+    _write_record(store, layout.config_rel(config.source), config.to_record())
     names = [layout.shard_name(t.source, t.index) for t in tasks]
-    _write_record(layout.plan_path(out, config.source),
+    _write_record(store, layout.plan_rel(config.source),
                   {"source": config.source, "pairs": sum(t.planned for t in tasks),
                    "shards": {n: t.planned for n, t in zip(names, tasks)}})
-    clean_partials(out)
-    strays = remove_strays(out, config.source, names)
-    if strays:
-        log(f"pairgen: removed {len(strays)} shard(s) not in this build's plan: {', '.join(strays[:5])}")
-    done, damaged = resume_state(out, names, deep=config.rehash, identity=config.identity_digest())
+    try:
+        clean_partials(store)
+        strays = remove_strays(store, config.source, names)
+        if strays:
+            log(f"pairgen: removed {len(strays)} shard(s) not in this build's plan: {', '.join(strays[:5])}")
+        done, damaged = resume_state(store, names, deep=config.rehash, identity=config.identity_digest())
+    except OSError as exc:
+        raise output_error(exc, store, "") from None
     if damaged:
         shown = "; ".join(f"{n} ({', '.join(p)})" for n, p in sorted(damaged.items())[:5])
         more = f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
@@ -154,13 +191,16 @@ def _build(config: BuildConfig, source, tasks: list[ShardTask], out: Path, progr
     t0 = time.time()
     results, failures = run_tasks(todo, config, total_pairs=sum(t.planned for t in tasks),
                                   done_pairs=sum(t.planned for t, n in zip(tasks, names) if n in done),
-                                  progress=progress)
+                                  progress=progress, log=log)
     elapsed = time.time() - t0
-    fail_file = layout.failures_path(out, config.source)
+    fail_rel = layout.failures_rel(config.source)
     if failures:
-        _write_record(fail_file, {"failed": failures})
+        _write_record(store, fail_rel, {"failed": failures})
     else:
-        fail_file.unlink(missing_ok=True)
+        try:
+            store.remove(fail_rel)
+        except OSError as exc:
+            raise output_error(exc, store, fail_rel) from None
     built = sum(r["count"] for r in results)
     skipped = Counter()
     for r in results:
@@ -170,4 +210,5 @@ def _build(config: BuildConfig, source, tasks: list[ShardTask], out: Path, progr
             "shards_repaired": sorted(damaged), "shards_failed": [f["shard"] for f in failures],
             "failures": failures, "pairs_built": built, "seconds": round(elapsed, 2),
             "pairs_per_s": round(built / elapsed, 2) if elapsed > 0 else None, "skipped": dict(skipped),
+            "shards": results, "out": store.url,
             "worker_peak_rss_mb": max((r.get("_worker_peak_rss_mb", 0) for r in results), default=None)}

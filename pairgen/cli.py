@@ -24,6 +24,19 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _add_storage_option(p) -> None:
+    p.add_argument("--storage-option", dest="storage_options", action="append", default=[], metavar="KEY=VALUE",
+                   help="setting of the object store's filesystem, repeatable (fsspec/s3fs keys, e.g. "
+                        "endpoint_url=http://host:9000, anon=true, client_kwargs.region_name=eu-west-1); "
+                        "credentials come from the environment (AWS_ACCESS_KEY_ID, ...) or fsspec config")
+
+
+def _storage_options(args) -> dict:
+    from manifests.storage import parse_options
+
+    return parse_options(getattr(args, "storage_options", None))
+
+
 def _kinds(text: str) -> tuple[str, ...]:
     kinds = tuple(k.strip().replace("-", "_") for k in text.split(",") if k.strip())
     bad = [k for k in kinds if k not in KINDS]
@@ -38,13 +51,18 @@ def _add_build(sub) -> None:
                        description="Build WebDataset shards of cross-view / cross-pose pairs, with Parquet "
                                    "manifests. Re-running the same command resumes an interrupted build.")
     p.add_argument("--source", default=d.source, help="source name (see `pairgen sources`) [%(default)s]")
-    p.add_argument("--out", required=True, help="output directory (created; must be empty or a pairgen output)")
+    p.add_argument("--out", required=True,
+                   help="output directory or object-storage URL (s3://bucket/prefix, gs://..., any fsspec URL); "
+                        "created; must be empty or a pairgen output")
     p.add_argument("--root", default=None, help="dataset root (real sources)")
     p.add_argument("--num-pairs", type=int, default=d.num_pairs, help="pairs to build [%(default)s]")
     p.add_argument("--seed", type=int, default=d.seed, help="same seed -> same pairs and bytes [%(default)s]")
     p.add_argument("--workers", type=int, default=d.workers, help="Ray workers (0 = number of cores) [%(default)s]")
     p.add_argument("--local", action="store_true", help="run in this process, without Ray (debugging)")
-    p.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
+    p.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster instead of starting a local one (then --workers defaults to the "
+                        "cluster's CPUs; a local --out must be shared by every node)")
+    _add_storage_option(p)
     p.add_argument("--image-size", type=int, default=d.image_size, help="side of the square crops [%(default)s]")
     p.add_argument("--shard-size", type=int, default=d.shard_size, help="pairs per shard [%(default)s]")
     p.add_argument("--kinds", type=_kinds, default=d.kinds, help="cross_view,cross_pose [both]")
@@ -87,6 +105,7 @@ def cmd_build(args) -> int:
     names = {f.name for f in fields(BuildConfig)}
     kw = {k: v for k, v in vars(args).items() if k in names}
     kw["reader_options"] = tuple(kw.get("reader_options") or ())
+    kw["storage_options"] = tuple(kw.get("storage_options") or ())
     cfg = BuildConfig(**kw)
     try:
         summary = run_build(cfg, progress=not args.quiet)
@@ -129,7 +148,12 @@ def cmd_sources(args) -> int:
 def cmd_verify(args) -> int:
     from pairgen.verify import verify
 
-    report = verify(args.dir)
+    from manifests.storage import StorageError
+
+    try:
+        report = verify(args.dir, _storage_options(args))
+    except StorageError as exc:
+        return _error(str(exc))
     for line in report["problems"][:50]:
         print(f"problem: {line}")
     print(json.dumps({k: v for k, v in report.items() if k != "problems"}, indent=None))
@@ -144,7 +168,7 @@ def cmd_stats(args) -> int:
     from pairgen.stats import stats
 
     try:
-        print(stats(args.dir, plot=args.plot))
+        print(stats(args.dir, plot=args.plot, storage_options=_storage_options(args)))
     except ValueError as exc:
         return _error(str(exc))
     return 0
@@ -154,7 +178,7 @@ def cmd_preview(args) -> int:
     from pairgen.preview import preview
 
     try:
-        n = preview(args.dir, args.out, num=args.num, seed=args.seed)
+        n = preview(args.dir, args.out, num=args.num, seed=args.seed, storage_options=_storage_options(args))
     except ValueError as exc:
         return _error(str(exc))
     print(f"wrote {args.out} ({n} pairs)")
@@ -171,12 +195,15 @@ def main(argv: list[str] | None = None) -> int:
                                    "failed, nothing in progress) and intact (sizes and SHA-256 as recorded, every "
                                    "sample decodes and agrees with its manifest row, no stray files). A re-run of "
                                    "the build command repairs what it reports.")
-    p.add_argument("dir", help="a pairgen output directory")
+    p.add_argument("dir", help="a pairgen output directory or URL (s3://bucket/prefix)")
+    _add_storage_option(p)
     p = sub.add_parser("stats", help="counts per source/kind and distributions")
-    p.add_argument("dir", help="a pairgen output directory")
+    p.add_argument("dir", help="a pairgen output directory or URL (s3://bucket/prefix)")
+    _add_storage_option(p)
     p.add_argument("--plot", default=None, help="write histograms to this PNG")
     p = sub.add_parser("preview", help="contact sheet of pairs with silhouettes overlaid")
-    p.add_argument("dir", help="a pairgen output directory")
+    p.add_argument("dir", help="a pairgen output directory or URL (s3://bucket/prefix)")
+    _add_storage_option(p)
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--num", type=int, default=16, help="pairs to show [%(default)s]")
     p.add_argument("--seed", type=int, default=0, help="which pairs are drawn [%(default)s]")

@@ -25,6 +25,7 @@ class BuildConfig:
     cross_view_fraction: float = 0.5  # share of cross-view pairs when both kinds are built
     jpeg_quality: int = 95
     retries: int = 2  # extra attempts for a failed shard before it is recorded as failed
+    storage_options: tuple[str, ...] = ()  # KEY=VALUE for the filesystem of an --out URL (fsspec), e.g. endpoint_url=...
     rehash: bool = False  # on resume, re-check every finished shard's SHA-256 (default: sizes, and hashes where mtimes changed)
     split: str | None = None  # keep only this dataset split (real sources)
     # real sources
@@ -105,7 +106,14 @@ class BuildConfig:
         d = asdict(self)
         d["kinds"] = list(self.kinds)
         d["reader_options"] = list(self.reader_options)
+        d["storage_options"] = list(self.storage_options)
         return d
+
+    def to_record(self) -> dict:
+        """What is saved as OUT/build-<source>.json: the settings that determine the output
+        (:meth:`output_identity`), nothing about where or how it ran (paths, workers, credentials),
+        so a resumed or re-run build writes the same bytes."""
+        return self.output_identity()
 
     def output_identity(self) -> dict:
         d = self.to_json()
@@ -124,6 +132,7 @@ class BuildConfig:
         kw = {k: v for k, v in d.items() if k in names}
         if "kinds" in kw:
             kw["kinds"] = tuple(kw["kinds"])
-        if "reader_options" in kw:
-            kw["reader_options"] = tuple(kw["reader_options"])
+        for k in ("reader_options", "storage_options"):
+            if k in kw:
+                kw[k] = tuple(kw[k])
         return cls(**kw)

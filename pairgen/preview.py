@@ -12,6 +12,7 @@ import numpy as np
 
 from manifests import layout
 from manifests.sample import decode_sample, iter_tar_samples
+from manifests.storage import StorageError
 
 
 def _overlay(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -26,17 +27,22 @@ def _overlay(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def preview(directory: str, out_png: str, num: int = 16, seed: int = 0) -> int:
+def preview(directory: str, out_png: str, num: int = 16, seed: int = 0, storage_options: dict | None = None) -> int:
     import cv2
 
-    shards = layout.shard_urls(Path(directory))
+    try:
+        store = layout.as_store(directory, storage_options)
+    except StorageError as exc:
+        raise ValueError(str(exc)) from None
+    shards = layout.finished_shards(store)
     if not shards:
-        raise ValueError(f"{directory}: no finished shards")
+        raise ValueError(f"{store.url}: no finished shards")
     rng = np.random.default_rng(seed)
     samples = []
     per_shard = max(1, -(-num // len(shards)))
-    for tar in rng.permutation(shards):
-        items = list(iter_tar_samples(str(tar)))
+    for name in rng.permutation(shards):
+        with store.open(layout.tar_rel(str(name)), "rb") as f:
+            items = list(iter_tar_samples(f))
         for i in rng.permutation(len(items))[:per_shard]:
             samples.append(decode_sample(*items[i]))
         if len(samples) >= num:

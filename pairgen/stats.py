@@ -5,21 +5,33 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from manifests import layout
+from manifests.storage import Store, StorageError
 
 
-def load_manifest(directory: str) -> pd.DataFrame:
-    out = Path(directory)
-    files = [layout.manifest_path(out, n) for n in layout.finished_shards(out)]
-    files = [f for f in files if f.exists()]
-    if not files:
-        raise ValueError(f"{directory}: no finished shards with manifests")
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+def _store(directory, storage_options: dict | None = None) -> Store:
+    try:
+        return layout.as_store(directory, storage_options)
+    except StorageError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def load_manifest(directory, storage_options: dict | None = None) -> pd.DataFrame:
+    """Every finished shard's manifest rows (``directory``: a local path, a URL or a Store)."""
+    store = _store(directory, storage_options)
+    present = store.listing(layout.MANIFEST_DIR)
+    names = [n for n in layout.finished_shards(store) if f"{n}.parquet" in present]
+    if not names:
+        raise ValueError(f"{store.url}: no finished shards with manifests")
+    frames = []
+    for n in names:
+        with store.open(layout.manifest_rel(n), "rb") as f:
+            frames.append(pd.read_parquet(f))
+    return pd.concat(frames, ignore_index=True)
 
 
 def _describe(s: pd.Series) -> str:
@@ -30,22 +42,23 @@ def _describe(s: pd.Series) -> str:
     return f"n={len(s)} min={q[0]:.3g} p25={q[1]:.3g} median={q[2]:.3g} p75={q[3]:.3g} max={q[4]:.3g}"
 
 
-def _shard_stats(directory: str) -> list[dict]:
-    out = Path(directory)
+def _shard_stats(store: Store) -> list[dict]:
+    names = layout.finished_shards(store)
     found = []
-    for name in layout.finished_shards(out):
+    for raw in store.read_many([layout.stats_rel(n) for n in names]).values():
         try:
-            s = json.loads(layout.stats_path(out, name).read_text())
-        except (OSError, ValueError):
-            continue  # damaged: `pairgen verify` reports it, a re-run of the build repairs it
+            s = json.loads(raw) if raw is not None else None
+        except ValueError:
+            s = None  # damaged: `pairgen verify` reports it, a re-run of the build repairs it
         if isinstance(s, dict):
             found.append(s)
     return found
 
 
-def stats(directory: str, plot: str | None = None) -> str:
-    df = load_manifest(directory)
-    shard_stats = _shard_stats(directory)
+def stats(directory: str, plot: str | None = None, storage_options: dict | None = None) -> str:
+    store = _store(directory, storage_options)
+    df = load_manifest(store)
+    shard_stats = _shard_stats(store)
     empty = sum(s.get("count") == 0 for s in shard_stats)  # every pair skipped: a tar with no sample
     lines = [f"{len(df)} pairs in {len(shard_stats)} shards" + (f" ({empty} empty)" if empty else "")]
     counts = df.groupby(["source", "kind"]).size()

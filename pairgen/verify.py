@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from manifests import layout
 from manifests.sample import ALL_SUFFIXES, KEY_RE, decode_sample, iter_tar_members, split_member_name
 from manifests.schema import COLUMN_NAMES, SCHEMA, manifest_row
+from manifests.storage import Store, StorageError
 from pairgen.config import BuildConfig
 from pairgen.writer import shard_problems
 
@@ -79,11 +79,10 @@ def _samples(stream, name: str, problems: list[str]):
         problems.append(f"{name}: {bad} members in all are not plain sample names")
 
 
-def _check_shard(out: Path, name: str, planned: int | None, identity: str | None, problems: list[str],
+def _check_shard(store: Store, name: str, planned: int | None, identity: str | None, problems: list[str],
                  report: dict) -> None:
-    tar = layout.tar_path(out, name)
     try:
-        stats = json.loads(layout.stats_path(out, name).read_text())
+        stats = json.loads(store.read_bytes(layout.stats_rel(name)))
         if not isinstance(stats, dict):
             raise ValueError("not an object")
     except (OSError, ValueError) as exc:
@@ -92,7 +91,7 @@ def _check_shard(out: Path, name: str, planned: int | None, identity: str | None
     keys, metas = [], []
     digest = None
     try:
-        with open(tar, "rb", buffering=1 << 20) as f:
+        with store.open(layout.tar_rel(name), "rb", **({"buffering": 1 << 20} if store.local else {})) as f:
             stream = _HashingReader(f)
             for key, members in _samples(stream, name, problems):
                 keys.append(key)
@@ -112,7 +111,7 @@ def _check_shard(out: Path, name: str, planned: int | None, identity: str | None
         pass  # reported by shard_problems: "tar missing"
     except Exception as exc:  # noqa: BLE001 - a damaged tar raises many types
         problems.append(f"{name}: unreadable tar ({type(exc).__name__}: {exc})")
-    problems.extend(f"{name}: {p}" for p in shard_problems(out, name, deep=True, tar_sha256=digest,
+    problems.extend(f"{name}: {p}" for p in shard_problems(store, name, deep=True, tar_sha256=digest,
                                                                     identity=identity))
     report["samples"] += len(keys)
     if len(set(keys)) != len(keys):
@@ -127,7 +126,8 @@ def _check_shard(out: Path, name: str, planned: int | None, identity: str | None
         problems.append(f"{name}: {stats['count']} built + {sum(skipped.values())} skipped != "
                         f"{stats['planned']} planned (a planned pair is unaccounted for)")
     try:
-        table = pq.read_table(layout.manifest_path(out, name))
+        with store.open(layout.manifest_rel(name), "rb") as f:
+            table = pq.read_table(f)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several error types
         problems.append(f"{name}: unreadable manifest ({type(exc).__name__})")
         return
@@ -153,25 +153,36 @@ def _check_shard(out: Path, name: str, planned: int | None, identity: str | None
         problems.append(f"{name}: {differ} samples in all disagree with their manifest rows")
 
 
-def _read_json(path: Path, what: str, problems: list[str]):
+def _read_json(store: Store, rel: str, what: str, problems: list[str]):
     try:
-        return json.loads(path.read_text())
+        return json.loads(store.read_bytes(rel))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        problems.append(f"{path.name}: unreadable {what} ({type(exc).__name__})")
+        problems.append(f"{rel}: unreadable {what} ({type(exc).__name__})")
         return None
 
 
-def verify(directory: str) -> dict:
-    out = Path(directory)
+def verify(directory: str, storage_options: dict | None = None) -> dict:
+    """``directory``: a local path or an fsspec URL (``s3://bucket/prefix``)."""
     problems: list[str] = []
-    report = {"dir": str(out), "sources": [], "planned_shards": 0, "planned_pairs": 0, "shards": 0,
+    report = {"dir": str(directory), "sources": [], "planned_shards": 0, "planned_pairs": 0, "shards": 0,
               "samples": 0, "manifest_rows": 0, "ok": False, "problems": problems}
-    if not out.is_dir():
-        problems.append(f"{out}: not a directory")
+    try:
+        store = Store(directory, storage_options)
+        report["dir"] = store.url
+        if not store.isdir():
+            problems.append(f"{store.url}: not a directory (or an empty prefix)")
+            return report
+    except StorageError as exc:
+        problems.append(str(exc))
         return report
-    sources = layout.build_configs(out)
+    except Exception as exc:  # noqa: BLE001 - the storage service's own errors
+        from manifests.storage import describe_error
+
+        problems.append(f"{directory}: cannot read ({describe_error(exc)})")
+        return report
+    sources = layout.build_configs(store)
     report["sources"] = sources
     if not sources:
         problems.append("no build config (build-<source>.json): not a pairgen output, or its config was lost")
@@ -179,14 +190,14 @@ def verify(directory: str) -> dict:
     planned_known: set[str] = set()
     identities: dict[str, str] = {}
     for src in sources:
-        cfg = _read_json(layout.config_path(out, src), "build config", problems)
+        cfg = _read_json(store, layout.config_rel(src), "build config", problems)
         if cfg is None:
             continue
         try:
             identities[src] = BuildConfig.from_json(cfg).identity_digest()
         except (TypeError, AttributeError, ValueError) as exc:
             problems.append(f"build-{src}.json: not a build config ({type(exc).__name__})")
-        plan = _read_json(layout.plan_path(out, src), "plan", problems)
+        plan = _read_json(store, layout.plan_rel(src), "plan", problems)
         if not isinstance(plan, dict) or not isinstance(plan.get("shards"), dict):
             problems.append(f"{src}: no plan (plan-{src}.json): the build stopped before it started "
                             "building; re-run it")
@@ -194,7 +205,7 @@ def verify(directory: str) -> dict:
         planned.update(plan["shards"])
         planned_known.add(src)
         report["planned_pairs"] += int(plan.get("pairs", sum(plan["shards"].values())))
-        failed = _read_json(layout.failures_path(out, src), "failures file", problems)
+        failed = _read_json(store, layout.failures_rel(src), "failures file", problems)
         if failed is not None:
             n = len(failed.get("failed", [])) if isinstance(failed, dict) else "?"
             problems.append(f"{src}: {n} shard(s) failed in the last run (failures-{src}.json); re-run the build")
@@ -202,28 +213,26 @@ def verify(directory: str) -> dict:
 
     # every file is ours, in its place, and finished
     tars, finished = set(), set()
-    for p in sorted(out.iterdir()):
-        if layout.is_shard_file(p.name):
-            tars.add(p.name[:-4])
-        elif layout.is_partial_file(p.name):
-            problems.append(f"leftover in-progress file {p.name} (re-run the build to resume)")
-        elif p.name in (layout.MANIFEST_DIR, layout.STATS_DIR, layout.TMP_DIR) and p.is_dir():
+    for n in store.listdir():
+        if layout.is_shard_file(n):
+            tars.add(n[:-4])
+        elif layout.is_partial_file(n) or n.startswith(layout.PROBE_PREFIX):
+            problems.append(f"leftover in-progress file {n} (re-run the build to resume)")
+        elif n in (layout.MANIFEST_DIR, layout.STATS_DIR, layout.TMP_DIR) and store.isdir(n):
             continue
-        elif not layout.is_record_file(p.name) and p.name != layout.LOCK_FILE:
-            problems.append(f"stray file {p.name} (pairgen does not write it)")
+        elif not layout.is_record_file(n) and n != layout.LOCK_FILE:
+            problems.append(f"stray file {n} (pairgen does not write it)")
     for sub, suffix in ((layout.MANIFEST_DIR, ".parquet"), (layout.STATS_DIR, ".json")):
-        d = out / sub
-        for p in sorted(d.iterdir()) if d.is_dir() else []:
-            if layout.is_shard_file(p.name, suffix):
+        for n in store.listdir(sub):
+            if layout.is_shard_file(n, suffix):
                 if sub == layout.STATS_DIR:
-                    finished.add(p.name[: -len(suffix)])
-            elif layout.PARTIAL_RE.match(p.name):
-                problems.append(f"leftover in-progress file {sub}/{p.name} (re-run the build to resume)")
+                    finished.add(n[: -len(suffix)])
+            elif layout.PARTIAL_RE.match(n):
+                problems.append(f"leftover in-progress file {sub}/{n} (re-run the build to resume)")
             else:
-                problems.append(f"stray file {sub}/{p.name} (pairgen does not write it)")
-    tmp = out / layout.TMP_DIR
-    for p in sorted(tmp.iterdir()) if tmp.is_dir() else []:
-        problems.append(f"leftover in-progress file {layout.TMP_DIR}/{p.name} (re-run the build to resume)")
+                problems.append(f"stray file {sub}/{n} (pairgen does not write it)")
+    for n in store.listdir(layout.TMP_DIR):
+        problems.append(f"leftover in-progress file {layout.TMP_DIR}/{n} (re-run the build to resume)")
 
     for name in sorted(set(planned) - finished):
         state = "unfinished (no stats file)" if name in tars else "missing"
@@ -238,7 +247,7 @@ def verify(directory: str) -> dict:
         problems.append("no shards found")
     for name in sorted(finished):
         report["shards"] += 1
-        _check_shard(out, name, planned.get(name), identities.get(layout.SHARD_RE.match(name).group("source")),
+        _check_shard(store, name, planned.get(name), identities.get(layout.SHARD_RE.match(name).group("source")),
                      problems, report)
     report["ok"] = not problems
     return report

@@ -49,6 +49,9 @@ class Posed:
 
 
 def _quiet_warp() -> None:
+    """warp without its banner, and without the "Warp CUDA warning: Could not find or load the
+    NVIDIA CUDA driver" its native library prints on every CPU-only worker (written by C code to
+    file descriptor 2, so it is silenced there, only when this machine has no CUDA driver)."""
     os.environ.setdefault("WARP_CACHE_PATH", os.path.expanduser("~/.cache/warp"))
     try:
         import warp
@@ -56,7 +59,21 @@ def _quiet_warp() -> None:
         warp.config.quiet = True
         warp.config.log_level = getattr(warp, "LOG_WARNING", 30)
     except ImportError:  # anny may run without warp on some installs
-        pass
+        return
+    import ctypes.util
+
+    if ctypes.util.find_library("cuda") is None and not os.path.exists("/proc/driver/nvidia"):
+        import sys
+
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 2)
+                warp.init()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def split_uv_topology(faces: np.ndarray, face_uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
