@@ -362,13 +362,19 @@ def iter_tar_samples(source):
         with open(source, "rb", buffering=1 << 20) as f:
             yield from iter_tar_samples(f)
         return
-    current, members = None, {}
-    for name, data in iter_tar_members(source):
+    yield from group_samples(iter_tar_members(source))
+
+
+def group_samples(members):
+    """``(name, bytes)`` members -> ``(key, {suffix: bytes})`` samples, adjacent members with the
+    same key grouped (webdataset's rule)."""
+    current, grouped = None, {}
+    for name, data in members:
         key, suffix = split_member_name(name)
         if key != current and current is not None:
-            yield current, members
-            members = {}
+            yield current, grouped
+            grouped = {}
         current = key
-        members[suffix] = data
+        grouped[suffix] = data
     if current is not None:
-        yield current, members
+        yield current, grouped

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat as stat_module
 import tempfile
 from pathlib import Path
 from typing import BinaryIO
@@ -64,8 +65,10 @@ class Store:
     """A build's root. Paths given to its methods are relative to the root, '/'-separated."""
 
     def __init__(self, root: str | os.PathLike, options: dict | None = None):
+        import copy
+
         root = str(root)
-        self.options = dict(options or {})
+        self.options = copy.deepcopy(dict(options or {}))  # botocore edits nested options in place
         if is_url(root) and not root.startswith("file://"):
             import fsspec
 
@@ -130,6 +133,8 @@ class Store:
                 st = os.stat(self.path(rel))
             except (FileNotFoundError, NotADirectoryError):
                 return None
+            if not stat_module.S_ISREG(st.st_mode):
+                return None  # as on object stores: folders are not files
             return {"size": st.st_size, "mtime": st.st_mtime_ns / 1e9}
         try:
             info = self.fs.info(self.path(rel))
@@ -241,9 +246,10 @@ class Store:
             d = self.path(tmp_dir)
             os.makedirs(d, exist_ok=True)
             return d
-        d = getattr(self, "_scratch", None)
-        if d is None or not os.path.isdir(d):
-            d = self._scratch = tempfile.mkdtemp(prefix="pairgen-upload-")
+        d = os.path.join(tempfile.gettempdir(), f"pairgen-upload-{os.getpid()}")
+        if not os.path.isdir(d):
+            _remove_stale_scratch()
+            os.makedirs(d, exist_ok=True)
         return d
 
     def free_space(self) -> str:
@@ -263,12 +269,29 @@ class Store:
         writes and deletes a probe object, which also proves the bucket, credentials and endpoint."""
         if self.local:
             return
-        probe = f".pairgen-probe-{os.getpid()}"
+        probe = f".probe-{os.urandom(8).hex()}"  # manifests.layout.PROBE_PREFIX: a name pairgen owns
         try:
             self.fs.pipe_file(self.path(probe), b"")
-            self.fs.rm_file(self.path(probe))
         except Exception as exc:  # noqa: BLE001 - botocore/aiohttp raise many types
             raise StorageError(f"{self.url}: cannot write there ({describe_error(exc)})") from None
+        try:
+            self.fs.rm_file(self.path(probe))
+        except Exception as exc:  # noqa: BLE001
+            raise StorageError(f"{self.url}: can write but not delete there ({describe_error(exc)}); "
+                               "a build needs both (it replaces damaged objects)") from None
+
+
+def _remove_stale_scratch() -> None:
+    """Scratch folders of processes that are gone (a killed worker leaves its staged shard)."""
+    base = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(base) if n.startswith("pairgen-upload-")]
+    except OSError:
+        return
+    for n in names:
+        pid = n.rsplit("-", 1)[-1]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}") and os.path.exists("/proc/self"):
+            shutil.rmtree(os.path.join(base, n), ignore_errors=True)
 
 
 def _mtime(info: dict) -> float | None:

@@ -273,7 +273,7 @@ def _init_ray(config: BuildConfig, n_workers: int):
         ray.init(address=config.ray_address, runtime_env={"env_vars": env}, logging_level="WARNING",
                  ignore_reinit_error=True, log_to_driver=True)
     else:
-        ray.init(num_cpus=n_workers, include_dashboard=False, logging_level="WARNING",
+        ray.init(address="local", num_cpus=n_workers, include_dashboard=False, logging_level="WARNING",
                  object_store_memory=256 * 1024 * 1024, runtime_env={"env_vars": env},
                  ignore_reinit_error=True)
     return ray
@@ -315,7 +315,7 @@ def _check_shared_out(ray, store: Store) -> None:
                         .remote(probe) for n in nodes])
     finally:
         os.unlink(probe)
-    blind = [n.get("NodeManagerAddress", n["NodeID"][:8]) for n, ok in zip(nodes, seen) if not ok]
+    blind = [f"{n.get('NodeManagerAddress', '?')} (node {n['NodeID'][:8]})" for n, ok in zip(nodes, seen) if not ok]
     if blind:
         raise BuildError(f"--out {store.root} is a local directory that cluster node(s) {', '.join(blind)} do not "
                          "see: use a filesystem shared by every node at the same path, or object storage "

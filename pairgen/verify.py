@@ -20,7 +20,8 @@ import math
 import pyarrow.parquet as pq
 
 from manifests import layout
-from manifests.sample import ALL_SUFFIXES, KEY_RE, decode_sample, iter_tar_members, split_member_name
+from manifests.sample import (ALL_SUFFIXES, KEY_RE, decode_sample, group_samples, iter_tar_members,
+                              split_member_name)
 from manifests.schema import COLUMN_NAMES, SCHEMA, manifest_row
 from manifests.storage import Store, StorageError
 from pairgen.config import BuildConfig
@@ -60,21 +61,20 @@ def _same(a, b) -> bool:
 
 def _samples(stream, name: str, problems: list[str]):
     """(key, members) of a shard read from ``stream``, checking every member name."""
-    current, members, bad = None, {}, 0
-    for member, data in iter_tar_members(stream):
-        key, suffix = split_member_name(member)
-        if member != f"{key}.{suffix}" or not KEY_RE.match(key) or not key.startswith(f"{name}-") \
-                or suffix not in ALL_SUFFIXES:
-            bad += 1
-            if bad <= 3:
-                problems.append(f"{name}: member {member!r} is not a plain <key>.<suffix> of this shard")
-        if key != current and current is not None:
-            yield current, members
-            members = {}
-        current = key
-        members[suffix] = data
-    if current is not None:
-        yield current, members
+    bad = 0
+
+    def checked():
+        nonlocal bad
+        for member, data in iter_tar_members(stream):
+            key, suffix = split_member_name(member)
+            if member != f"{key}.{suffix}" or not KEY_RE.match(key) or not key.startswith(f"{name}-") \
+                    or suffix not in ALL_SUFFIXES:
+                bad += 1
+                if bad <= 3:
+                    problems.append(f"{name}: member {member!r} is not a plain <key>.<suffix> of this shard")
+            yield member, data
+
+    yield from group_samples(checked())
     if bad > 3:
         problems.append(f"{name}: {bad} members in all are not plain sample names")
 

@@ -272,8 +272,11 @@ def shard_problems(store: Store, name: str, deep: bool = False, tar_sha256: str 
 def clean_partials(store: Store) -> int:
     """Remove in-progress files left by a killed run (a local OUT; object stores have none: objects
     appear whole); returns how many were removed."""
-    if not store.local:
-        return 0
+    if not store.local:  # only probe objects of a killed check_writable
+        probes = [n for n in store.listdir() if n.startswith(layout.PROBE_PREFIX)]
+        for n in probes:
+            store.remove(n)
+        return len(probes)
     removed = 0
     out = Path(store.root)
     for d in (out / layout.TMP_DIR, out / layout.MANIFEST_DIR, out / layout.STATS_DIR, out):

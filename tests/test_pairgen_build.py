@@ -281,3 +281,22 @@ def test_real_source_rejects_a_root_that_is_not_its_dataset(source, tmp_path, ca
                  "--quiet"]) != 0
     assert len(capsys.readouterr().err.strip().splitlines()) == 1  # one line, no traceback
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("mode", ["--local", "--workers=1"])
+def test_progress_moves_per_pair_within_a_shard(tmp_path, mode):
+    """Issue 11: the bar used to move only when a whole shard finished (0% for minutes with the
+    default --shard-size 500). Now workers report each pair: with one 40-pair shard the bar passes
+    through counts between 0 and 40 while "shards 0/1" still shows; Ray says when workers start."""
+    import re
+
+    r = subprocess.run([str(Path(sys.executable).with_name("pairgen")), "build", "--out", str(tmp_path / "o"),
+                        "--num-pairs", "40", "--shard-size", "40", mode], capture_output=True, text=True,
+                       env={**os.environ, "RAY_AUTH_MODE": "disabled"}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    during = {int(m.group(1)) for m in re.finditer(r"\| *(\d+)/40 \[[^\]]*shards 0/1", r.stderr)}
+    assert any(0 < n < 40 for n in during), r.stderr[-2000:]
+    assert "shards 1/1" in r.stderr
+    assert "Warp CUDA warning" not in r.stderr
+    if mode != "--local":
+        assert "pairgen: starting 1 Ray worker(s)" in r.stderr and "1 worker(s) ready on 1 node(s)" in r.stderr

@@ -84,11 +84,17 @@ class PretrainConfig:
     """``trainer pretrain``: every field is a flag."""
 
     # data
-    shards: str = _f("", "build directory (finished shards + manifests), tar paths / brace patterns "
-                         "separated by '::', or pipe: URLs", required=True)
+    shards: str = _f("", "build directory (finished shards + manifests), local or an fsspec URL "
+                         "(s3://bucket/prefix), tar paths / URLs / brace patterns separated by '::', "
+                         "or pipe: URLs", required=True)
     out: str = _f("", "run directory (config, metrics, TensorBoard, checkpoints, images)", required=True)
     mix: str = _f("", "mixing weights, e.g. 'aist=1,synthetic=0.5,cross_pose=2': sources/kinds named get "
                       "that share of pairs (unnamed ones are dropped); needs manifests")
+    storage_option: list[str] = field(default_factory=list, metadata={
+        "help": "KEY=VALUE option of the fsspec filesystem of remote --shards (repeatable; e.g. "
+                "endpoint_url=http://host:9000, anon=true, client_kwargs.region_name=eu-west-1); "
+                "credentials otherwise come from the environment (AWS_ACCESS_KEY_ID, ...)",
+        "metavar": "KEY=VALUE"})
     shuffle_buffer: int = _f(1000, "samples in each worker's shuffle buffer")
     workers: int = _f(4, "data loader worker processes per rank (0 = load in the main process)")
     color_jitter: float = _f(0.4, "brightness/contrast/saturation factors drawn in [1-s, 1+s], "
@@ -156,6 +162,9 @@ class EvalConfig:
 
     ckpt: str = _f("", "checkpoint of a run (or a CroCo checkpoint with --model)", required=True)
     shards: str = _f("", "shards to evaluate (same forms as pretrain --shards)", required=True)
+    storage_option: list[str] = field(default_factory=list, metadata={
+        "help": "KEY=VALUE option of the fsspec filesystem of remote --shards (repeatable, as for pretrain)",
+        "metavar": "KEY=VALUE"})
     model: str = _f("", "preset, when the checkpoint does not name one (CroCo checkpoints)")
     batch_size: int = _f(32, "pairs per batch")
     workers: int = _f(2, "data loader workers")
@@ -189,12 +198,16 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         typ = hints[f.name]
-        args = typing.get_args(typ)
-        if args:  # Optional[X]
-            typ = next(a for a in args if a is not type(None))
         meta = dict(f.metadata)
         help_text = meta.pop("help", "")
         required = meta.pop("required", False)
+        if typing.get_origin(typ) is list:  # repeatable flag: one value per use
+            parser.add_argument(flag, action="append", type=typing.get_args(typ)[0], default=None,
+                                help=help_text, **meta)
+            continue
+        args = typing.get_args(typ)
+        if args:  # Optional[X]
+            typ = next(a for a in args if a is not type(None))
         if typ is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
                                 help=f"{help_text} (default: {f.default})")
@@ -205,4 +218,57 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 
 def from_namespace(cls: type, ns: argparse.Namespace):
     """Build ``cls`` from the parsed flags of ``add_arguments``."""
-    return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
+    values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)}
+    for f in dataclasses.fields(cls):  # a repeatable flag never given: its default (empty list)
+        if values[f.name] is None and f.default_factory is not dataclasses.MISSING:
+            values[f.name] = f.default_factory()
+    return cls(**values)
+
+
+# --------------------------------------------------------------------------- recording a config
+
+SECRET_WORDS = ("secret", "token", "password", "key")
+"""A storage option whose key contains one of these words has its value recorded as ``***``."""
+
+
+def _redact(value, key: str = ""):
+    if any(w in key.lower() for w in SECRET_WORDS):
+        return "***"
+    if isinstance(value, dict):
+        return {k: _redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    if isinstance(value, str) and "://" in value and "@" in value.split("://", 1)[1].split("/", 1)[0]:
+        scheme, rest = value.split("://", 1)  # a URL with user:password@ in it
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return value
+
+
+def redact_storage_options(items: list[str]) -> list[str]:
+    """``--storage-option`` items as recorded in a run's config: values of secret-looking keys (and
+    secrets nested in JSON values or URLs) replaced by ``***``."""
+    import json
+
+    out = []
+    for item in items or ():
+        key, sep, value = str(item).partition("=")
+        if not sep:
+            out.append(item)
+            continue
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        red = _redact(parsed, key)
+        out.append(f"{key}={red if isinstance(red, str) else json.dumps(red)}")
+    return out
+
+
+def recorded(cfg) -> dict:
+    """``dataclasses.asdict(cfg)`` without secrets: what config.json and checkpoints keep."""
+    d = dataclasses.asdict(cfg)
+    if isinstance(d.get("shards"), str):  # a URL may carry user:password@
+        d["shards"] = "::".join(_redact(part) for part in d["shards"].split("::"))
+    if "storage_option" in d:
+        d["storage_option"] = redact_storage_options(d["storage_option"])
+    return d

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import orjson
 import os
+import queue
 import random
 import select
 import signal
@@ -25,7 +26,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -37,6 +38,7 @@ from webdataset.shardlists import expand_urls
 from webdataset.gopen import gopen
 
 from manifests import layout, sample as fmt
+from manifests.storage import Store, StorageError, describe_error, parse_options
 
 from .config import SKIP_LIMIT, TrainerError
 from .loss import PENN_FROM_COCO
@@ -51,40 +53,90 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class ShardSet:
-    """Resolved ``--shards``: tar URLs and, when every shard has one, the manifest rows (url, source, kind)."""
+    """Resolved ``--shards``: tar URLs and, when every shard has one, the manifest rows (url, source,
+    kind); ``options``: the storage options remote tars are opened with (``--storage-option``)."""
 
     urls: list[str]
     manifest: "object | None" = None  # pandas.DataFrame with columns url, key, source, kind
+    options: dict = field(default_factory=dict)
 
     @property
     def num_pairs(self) -> int | None:
         return None if self.manifest is None else len(self.manifest)
 
 
+def _is_pipe(url: str) -> bool:
+    return url.startswith("pipe:")
+
+
+def _is_url(url: str) -> bool:
+    """An fsspec URL read through fsspec (``s3://``, ``gs://``, ``http://``, ...; not ``file://``)."""
+    return "://" in url and not url.startswith("file://") and not _is_pipe(url)
+
+
 def _is_remote(url: str) -> bool:
-    return url.startswith("pipe:") or "://" in url
+    return _is_pipe(url) or "://" in url
 
 
-def resolve_shards(spec: str) -> ShardSet:
-    """A build directory (its finished shards), tar paths / brace patterns joined by '::', or pipe: URLs."""
+def _local(url: str) -> str:
+    """``file://`` URLs as plain paths (read with ``open``, as fast as any local path)."""
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
+def storage_options(items) -> dict:
+    """``--storage-option KEY=VALUE`` items as fsspec storage options (TrainerError if malformed)."""
+    try:
+        return parse_options(items)
+    except StorageError as exc:
+        raise TrainerError(str(exc)) from None
+
+
+def resolve_shards(spec: str, options: dict | None = None) -> ShardSet:
+    """A build directory (its finished shards), tar paths / brace patterns joined by '::', or pipe: URLs.
+
+    Build roots and tars may be fsspec URLs (``s3://bucket/prefix``, ``http://host/x-000000.tar``):
+    a remote root is listed like a local one (``stats/`` holds the completion markers) and each
+    remote tar's manifest is looked up next to it (``<parent>/manifest/<name>.parquet``).
+    Anything unusable (unknown protocol, no bucket, no credentials, unreachable endpoint, missing
+    shard, no finished shard) is a TrainerError, raised before training starts.
+    """
+    options = dict(options or {})
     if not spec:
         raise TrainerError("no shards given (--shards)")
-    path = Path(spec)
-    if not _is_remote(spec) and path.is_dir():
-        names = layout.finished_shards(path)
+    single = _local(spec)
+    if not _is_remote(single) and Path(single).is_dir():
+        names = layout.finished_shards(single)
         if not names:
             raise TrainerError(f"no finished shards in {spec} (a shard is finished when stats/<name>.json exists)")
-        urls = [str(layout.tar_path(path, n)) for n in names]
-    else:
-        urls = expand_urls(spec)
+        urls = [str(layout.tar_path(Path(single), n)) for n in names]
+        for url in urls:
+            if not Path(url).is_file():
+                raise TrainerError(f"shard not found: {url}")
+        return ShardSet(urls, _read_manifests(urls), options)
+    if _is_url(spec) and "::" not in spec and "{" not in spec and not spec.rstrip("/").endswith(".tar"):
+        root = _resolve_remote_root(spec, options)  # a build root (or one tar object)
+        if root is not None:
+            return root
+    urls = [_local(u) for u in expand_urls(spec)]
     for url in urls:
         if not _is_remote(url) and not Path(url).is_file():
             raise TrainerError(f"shard not found: {url}")
-    return ShardSet(urls, _read_manifests(urls))
+    remote = [u for u in urls if _is_url(u)]
+    if not remote:
+        return ShardSet(urls, _read_manifests(urls), options)
+    found = _probe_remote(remote, options, check_tars=True)
+    local = [u for u in urls if not _is_url(u)]
+    manifest = _read_manifests(local) if local else None
+    if any(found[u] is None for u in remote) or (local and manifest is None):
+        return ShardSet(urls, None, options)  # a shard without a manifest: none for all (as before)
+    import pandas as pd
+
+    frames = [found[u] if _is_url(u) else manifest[manifest["url"] == u] for u in urls]
+    return ShardSet(urls, pd.concat(frames, ignore_index=True), options)
 
 
 def _read_manifests(urls: list[str]):
-    """Manifest rows of all shards (``<dir>/manifest/<name>.parquet``), or None if one is missing."""
+    """Manifest rows of local shards (``<dir>/manifest/<name>.parquet``), or None if one is missing."""
     import pandas as pd
 
     frames = []
@@ -101,17 +153,307 @@ def _read_manifests(urls: list[str]):
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
-def read_shard(url: str, handler) -> Iterator[dict]:
+# --------------------------------------------------------------------------- remote shards (fsspec)
+
+REMOTE_BLOCK = 4 << 20
+"""Bytes per ranged read of a remote tar (``http(s)`` tars are one streamed GET instead)."""
+REMOTE_READ_AHEAD = 2
+"""Blocks a background thread reads ahead of the tar parser, so the network overlaps decoding."""
+CONNECT_TIMEOUT_S = 5
+"""Connect timeout of remote storage (botocore's default is 60 s with 5 attempts, minutes for an
+unreachable endpoint); ``--storage-option config_kwargs.connect_timeout=N`` overrides it for S3."""
+
+_FILESYSTEMS: dict = {}
+_FS_LOCK = threading.Lock()
+
+
+def _protocol(url: str) -> str:
+    return url.split("://", 1)[0].lower()
+
+
+def _with_defaults(protocol: str, options: dict) -> dict:
+    """``options`` plus short connect timeouts and few retries where the user set none."""
+    import copy
+
+    opts = copy.deepcopy(options)
+    if protocol in ("s3", "s3a"):
+        ck = opts.setdefault("config_kwargs", {})
+        if isinstance(ck, dict):
+            ck.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
+            ck.setdefault("retries", {"max_attempts": 3, "mode": "standard"})
+    elif protocol in ("http", "https"):
+        ck = opts.setdefault("client_kwargs", {})
+        if isinstance(ck, dict) and "timeout" not in ck:
+            import aiohttp
+
+            ck["timeout"] = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=120)
+    return opts
+
+
+def _filesystem(url: str, options: dict):
+    """``(filesystem, path)`` for a remote URL: one filesystem per (process, protocol, options).
+
+    Data-loader workers are separate processes (forkserver children, or forks): fsspec's async
+    filesystems (s3fs, http) hold an event loop and sessions that are not fork-safe (a forked
+    copy raises "not fork-safe"), so a filesystem is never shared across processes: the cache is
+    keyed by pid, and each filesystem is created lazily, in the process that reads, with fsspec's
+    instance cache skipped. The key also holds the AWS_* / FSSPEC_* environment (credentials,
+    endpoint).
+    """
+    import fsspec
+
+    protocol = _protocol(url)
+    pid = os.getpid()
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "FSSPEC_"))))
+    key = (pid, protocol, repr(sorted(options.items())), env)  # credentials/endpoint may come from the environment
+    with _FS_LOCK:
+        fs = _FILESYSTEMS.get(key)
+        if fs is None:  # (entries a fork inherited stay unused, and referenced: no finalizer runs here)
+            cls = fsspec.get_filesystem_class(protocol)  # ValueError: unknown; ImportError: not installed
+            kw = {**cls._get_kwargs_from_urls(url), **_with_defaults(protocol, options)}
+            fs = _FILESYSTEMS[key] = cls(skip_instance_cache=True, **kw)
+    return fs, fs._strip_protocol(url)
+
+
+def _check_protocol(url: str) -> None:
+    import fsspec
+
+    try:
+        fsspec.get_filesystem_class(_protocol(url))
+    except ValueError:
+        raise TrainerError(f"unknown protocol {_protocol(url)!r} in --shards {url} (expected a local path, "
+                           "a pipe: command or an fsspec URL such as s3://bucket/prefix)") from None
+    except ImportError as exc:
+        raise TrainerError(f"cannot read {url}: {_one_line(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """One line on a remote failure, starting with "not found" when the object does not exist.
+    fsspec's HTTP filesystem reports every failure as a FileNotFoundError: its cause tells a 404
+    from a refusal or an unreachable host."""
+    if isinstance(exc, FileNotFoundError):
+        cause = exc.__cause__
+        if cause is not None and type(cause).__module__.split(".")[0] == "aiohttp":
+            status = getattr(cause, "status", None)
+            if status == 404:
+                return "not found (HTTP 404)"
+            if status in (401, 403):
+                return f"access denied (HTTP {status} {getattr(cause, 'message', '')})".replace(" )", ")")
+            if status is not None:
+                return f"HTTP {status} {getattr(cause, 'message', '')}".strip()
+            return describe_error(cause)
+        text = describe_error(exc)
+        return text if text.startswith("no such bucket") else "not found"
+    return describe_error(exc)
+
+
+def _probe_remote(urls: list[str], options: dict, check_tars: bool) -> dict:
+    """``{tar url: manifest rows or None}`` (None: no manifest next to it), reading the manifests
+    (and with ``check_tars`` the tars' sizes) concurrently; TrainerError for a tar that cannot be
+    reached or is missing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for url in {_protocol(u): u for u in urls}.values():
+        _check_protocol(url)
+    for url in urls:  # create each filesystem here, once (wrapping constructor errors)
+        try:
+            _filesystem(url, options)
+        except Exception as exc:  # noqa: BLE001 - invalid storage options raise many types
+            raise TrainerError(f"cannot use {url}: {_one_line(exc)} (check --storage-option)") from None
+
+    def probe(url: str):
+        fs, path = _filesystem(url, options)
+        if check_tars:
+            try:
+                fs.info(path)
+            except Exception as exc:  # noqa: BLE001 - botocore/aiohttp raise many types
+                reason = _reason(exc)
+                if reason.startswith("not found"):
+                    return TrainerError(f"shard not found: {url}{reason[len('not found'):]}")
+                return TrainerError(f"cannot read --shards {url}: {reason}")
+        parent, _, base = url.rpartition("/")
+        murl = f"{parent}/{layout.manifest_rel(base.removesuffix('.tar'))}"
+        try:
+            data = fs.cat_file(fs._strip_protocol(murl))
+        except FileNotFoundError as exc:
+            if _reason(exc).startswith("not found"):
+                return None
+            return TrainerError(f"cannot read manifest {murl}: {_reason(exc)}")
+        except Exception as exc:  # noqa: BLE001
+            return TrainerError(f"cannot read manifest {murl}: {_reason(exc)}")
+        import io
+
+        import pandas as pd
+
+        try:
+            df = pd.read_parquet(io.BytesIO(data), columns=["key", "source", "kind"])
+        except (OSError, ValueError) as exc:
+            return TrainerError(f"unreadable manifest {murl}: {_one_line(exc)}")
+        df["url"] = url
+        return df
+
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(urls)))) as pool:
+        found = dict(zip(urls, pool.map(probe, urls)))
+    for value in found.values():
+        if isinstance(value, TrainerError):
+            raise value
+    return found
+
+
+def _resolve_remote_root(spec: str, options: dict) -> ShardSet | None:
+    """The finished shards of a remote build root, or None when ``spec`` is a single tar object."""
+    _check_protocol(spec)
+    try:
+        store = Store(spec, {**_with_defaults(_protocol(spec), options), "skip_instance_cache": True})
+    except Exception as exc:  # noqa: BLE001 - StorageError, or invalid options
+        raise TrainerError(f"cannot use --shards {spec}: {_one_line(exc)}") from None
+    try:
+        names = layout.finished_shards(store)
+        present = set(store.listdir()) if names else set()
+    except Exception as exc:  # noqa: BLE001 - botocore/aiohttp raise many types
+        hint = " (check --storage-option)" if options and isinstance(exc, (TypeError, AttributeError)) else ""
+        raise TrainerError(f"cannot list --shards {store.url}: {_reason(exc)}{hint}") from None
+    if not names:
+        try:
+            if store.fs.isfile(store.root):
+                return None  # one tar object (without a .tar suffix)
+            store.fs.ls(store.root, detail=False)
+            nothing = False
+        except FileNotFoundError as exc:
+            if "bucket" in str(exc).lower():
+                raise TrainerError(f"cannot list --shards {store.url}: {describe_error(exc)}") from None
+            nothing = True
+        except Exception as exc:  # noqa: BLE001
+            raise TrainerError(f"cannot list --shards {store.url}: {_reason(exc)}") from None
+        raise TrainerError(f"no finished shards in {store.url}{' (nothing there)' if nothing else ''} "
+                           "(a shard is finished when stats/<name>.json exists)")
+    urls = [store.url_of(layout.tar_rel(n)) for n in names]
+    for name, url in zip(names, urls):
+        if layout.tar_rel(name) not in present:
+            raise TrainerError(f"shard not found: {url}")
+    found = _probe_remote(urls, options, check_tars=False)
+    if any(df is None for df in found.values()):
+        return ShardSet(urls, None, options)
+    import pandas as pd
+
+    return ShardSet(urls, pd.concat([found[u] for u in urls], ignore_index=True), options)
+
+
+class _ReadAhead:
+    """A remote file read sequentially by a background thread, up to ``depth`` blocks ahead of the
+    reader (the tar parser), so fetching overlaps parsing and decoding. ``read(n)`` returns ``n``
+    bytes unless the file ends; a failed fetch is raised (as OSError) by the read that needs it.
+    ``fetched`` counts the bytes received so far."""
+
+    def __init__(self, f, block: int, depth: int):
+        self._f, self._block = f, block
+        self._q: "queue.Queue" = queue.Queue(max(1, depth))
+        self._stop = threading.Event()
+        self._buf, self._pos, self._done = b"", 0, False
+        self._error: BaseException | None = None
+        self.fetched = 0
+        self._thread = threading.Thread(target=self._run, name="trainer-readahead", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                chunk = self._f.read(self._block)
+                self.fetched += len(chunk)
+                self._put(chunk)
+                if not chunk:
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader
+            self._put(exc)
+        finally:
+            try:
+                self._f.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _next(self) -> bytes:
+        if self._error is not None:
+            raise self._error
+        item = self._q.get()
+        if isinstance(item, BaseException):
+            err = item if isinstance(item, OSError) else OSError(describe_error(item))
+            self._error = err
+            raise err
+        if not item:
+            self._done = True
+        return item
+
+    def read(self, n: int = -1) -> bytes:
+        avail = len(self._buf) - self._pos
+        if 0 <= n <= avail:
+            out = self._buf[self._pos:self._pos + n]
+            self._pos += n
+            return out
+        parts = [self._buf[self._pos:]]
+        while not self._done and (n < 0 or avail < n):
+            chunk = self._next()
+            parts.append(chunk)
+            avail += len(chunk)
+        data = b"".join(parts)
+        if n < 0 or len(data) <= n:
+            self._buf, self._pos = b"", 0
+            return data
+        self._buf, self._pos = data, n
+        return data[:n]
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            while True:
+                self._q.get_nowait()
+        except queue.Empty:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_remote(url: str, options: dict | None = None, block_size: int = REMOTE_BLOCK,
+                read_ahead: int = REMOTE_READ_AHEAD) -> _ReadAhead:
+    """A remote tar as a sequential stream, fetched in ``block_size`` ranges (http(s): one
+    streamed GET) as it is read: the first sample is available after its own bytes, not after
+    the whole tar. Each process opens its own filesystem (see ``_filesystem``)."""
+    try:
+        fs, path = _filesystem(url, dict(options or {}))
+        if _protocol(url) in ("http", "https"):
+            f = fs.open(path, "rb", block_size=0)  # a streamed response (no range requests needed)
+        else:
+            f = fs.open(path, "rb", block_size=block_size, cache_type="none")
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - botocore/aiohttp/fsspec raise many types
+        raise OSError(_reason(exc)) from exc
+    return _ReadAhead(f, block_size, read_ahead)
+
+
+def read_shard(url: str, handler, options: dict | None = None) -> Iterator[dict]:
     """Samples of one shard as webdataset-style dicts (``__key__``, ``__url__``, suffix -> bytes).
 
-    Opens local paths and ``pipe:``/remote URLs through webdataset's ``gopen``, then parses the tar
+    Opens local paths and ``pipe:`` URLs through webdataset's ``gopen`` (plain ``open`` for
+    paths), fsspec URLs as streams (:func:`open_remote`, with ``options``), then parses the tar
     with the contract's lean reader. A damaged or truncated tar ends the shard: ``handler(exc)``
     is told (it returns True to go on with the next shard).
     A ``pipe:`` command that fails (a URL that vanished, a network error) reports its exit status
-    when read or closed; both go to ``handler`` too.
+    when read or closed; both go to ``handler`` too, and so do remote read failures.
     """
     try:
-        stream = gopen(url, "rb")
+        stream = open_remote(url, options) if _is_url(url) else gopen(url, "rb")
     except (OSError, ValueError) as exc:
         handler(exc)
         return
@@ -184,7 +526,7 @@ def find_usable_pair(shards: "ShardSet", cfg: "StreamConfig", limit: int = SKIP_
     for url in shards.urls:
         errors: list[Exception] = []
         n = 0
-        for s in read_shard(url, handler=lambda exc: errors.append(exc) or True):
+        for s in read_shard(url, handler=lambda exc: errors.append(exc) or True, options=shards.options):
             n += 1
             try:
                 decode_pair(s, cfg.img_size, cfg.patch_size, 0.0, None, keypoints=cfg.keypoints)
@@ -406,6 +748,7 @@ class PairStream(torch.utils.data.IterableDataset):
                  verbose: bool = True):
         super().__init__()
         self.urls, self.cfg, self.rank, self.world, self.mix = shards.urls, cfg, rank, world, mix
+        self.options = shards.options  # storage options: each worker opens its own filesystem
         self.state = {int(k): v for k, v in (state or {}).items()}
         self.worker_offset, self.verbose = worker_offset, verbose
         self.owner_pid = os.getpid()  # the process that iterates the DataLoader
@@ -425,7 +768,7 @@ class PairStream(torch.utils.data.IterableDataset):
         warned: set[str] = set()
         for url in urls:
             n, errors = 0, []
-            for s in read_shard(url, handler=lambda exc: errors.append(exc) or True):
+            for s in read_shard(url, handler=lambda exc: errors.append(exc) or True, options=self.options):
                 n += 1
                 if self.mix is None or self._accepted(s, rng):
                     yield s

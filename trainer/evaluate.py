@@ -13,7 +13,8 @@ import torch
 
 from . import checkpoint as ckpt_io
 from .config import EvalConfig, TrainerError, get_preset
-from .data import PairStream, StreamConfig, find_usable_pair, make_loader, resolve_shards, to_model_input
+from .data import (PairStream, StreamConfig, find_usable_pair, make_loader, resolve_shards, storage_options,
+                   to_model_input)
 from .loop import resolve_device
 from .loss import masked_mse_per_sample, patchify
 from .model import CroCoMan
@@ -40,7 +41,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     model, ck, _ = load_model(cfg.ckpt, cfg.model)
     model.to(device).eval()
     run = ck.get("config") or {}
-    shards = resolve_shards(cfg.shards)
+    shards = resolve_shards(cfg.shards, storage_options(cfg.storage_option))
     stream_cfg = StreamConfig(
         img_size=model.cfg.img_size, patch_size=model.cfg.patch_size, batch_size=cfg.batch_size,
         masking=cfg.masking or run.get("masking", "human"),

@@ -30,9 +30,9 @@ from torch.nn.parallel import DistributedDataParallel
 from manifests.layout import write_json_atomic
 
 from . import checkpoint as ckpt_io
-from .config import PretrainConfig, TrainerError, get_preset
-from .data import (PairStream, check_batch, find_usable_pair, make_loader, mix_plan, resolve_shards, stream_config,
-                   to_model_input)
+from .config import PretrainConfig, TrainerError, get_preset, recorded
+from .data import (PairStream, check_batch, find_usable_pair, make_loader, mix_plan, resolve_shards, storage_options,
+                   stream_config, to_model_input)
 from .model import CroCoMan
 from .objective import Pretrainer
 from .visualize import reconstruction_grid, write_png
@@ -137,7 +137,7 @@ def train(cfg: PretrainConfig) -> dict:
     ckpt_path = out / "checkpoint.pt"
 
     # --- data: shards, mixing, the stream (built after resume, which sets its state) ---------
-    shards = resolve_shards(cfg.shards)
+    shards = resolve_shards(cfg.shards, storage_options(cfg.storage_option))
     find_usable_pair(shards, stream_config(cfg, mcfg), cfg.skip_limit)  # refused only if no pair is usable
     mix = mix_plan(shards, cfg.mix)
 
@@ -214,7 +214,7 @@ def train(cfg: PretrainConfig) -> dict:
     # --- run directory: resolved config, metrics, TensorBoard (rank 0) ----------------------
     writer = None
     if main:
-        resolved = {"config": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg), "lr": lr, "blr": blr,
+        resolved = {"config": recorded(cfg), "model": dataclasses.asdict(mcfg), "lr": lr, "blr": blr,
                     "warmup_steps": warmup, "world_size": world, "global_batch": cfg.batch_size * world,
                     "device": str(device), "bf16": use_bf16, "shards": len(shards.urls),
                     "pairs": shards.num_pairs, "torch": torch.__version__}
@@ -243,7 +243,7 @@ def train(cfg: PretrainConfig) -> dict:
                 "model": model.state_dict(), "croco_kwargs": ckpt_io.croco_kwargs(mcfg), "preset": cfg.model,
                 "kp_head": net.kp_head.state_dict() if net.kp_head is not None else None,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "rng": ckpt_io.rng_state(), "data": state, "config": dataclasses.asdict(cfg),
+                "rng": ckpt_io.rng_state(), "data": state, "config": recorded(cfg),
             }, ckpt_path)
         on_disk[0] = step
 
