@@ -66,6 +66,12 @@ def test_two_node_build_into_s3_survives_kill_9_and_trains(ray_two_nodes, s3_env
     verify = subprocess.run([PAIRGEN, "verify", f"s3://{bucket}/run"], env=env, capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert '"planned_pairs": 60' in verify.stdout
+    stats = subprocess.run([PAIRGEN, "stats", f"s3://{bucket}/run"], env=env, capture_output=True, text=True)
+    assert stats.returncode == 0 and stats.stdout.startswith("60 pairs in 10 shards"), stats.stdout + stats.stderr
+    sheet = tmp_path / "sheet.png"
+    preview = subprocess.run([PAIRGEN, "preview", f"s3://{bucket}/run", "--out", str(sheet), "--num", "4"],
+                             env=env, capture_output=True, text=True)
+    assert preview.returncode == 0 and sheet.stat().st_size > 10_000, preview.stderr
     # the trainer streams the bucket, with --mix read from the manifests next to the shards
     run_dir = tmp_path / "train"
     train = subprocess.run([TRAINER, "pretrain", "--shards", f"s3://{bucket}/run", "--mix", "synthetic=1",
