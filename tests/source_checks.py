@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -219,3 +220,103 @@ def hard_build(source: str, root, out, *extra: str, code: int = 0) -> int:
     assert rc == code, rc
     assert main(["verify", str(out)]) == 0
     return rc
+
+
+# -- what the hard fixtures share: a side (unit, track, camera, frame) is named in each fixture's record
+#    ("corrupt": one place, "half_size": one place or a set of them) by ``at(unit, track, cam, frame)``
+
+OUTSIDE = "person mostly outside the frame"
+SIZE_SKIPPED = (True, {"frame size *"})  # a side on a frame of another size: skipped, for its size
+# ... or, where another test checks that reason: never built, skipped for its size or its wrong pixels
+SIZE_ANY = (False, {"frame size *", OUTSIDE, "person too small"})
+
+
+def half_size_of(hard: dict, at):
+    """A predicate of a side (unit, track, cam, frame): the fixture wrote its frame at half size."""
+    half = hard["half_size"]
+    halves = half if isinstance(half, (set, frozenset)) else {half}
+    return lambda *side: at(*side) in halves
+
+
+def hard_case(hard: dict, at, edge_of, resized=SIZE_SKIPPED, edge_reasons=(OUTSIDE,), rest=None):
+    """A ``case_of`` for :func:`check_outcomes`, first match wins: ``edge_of(*side)`` "tiny" (the
+    person too small: must be skipped), the corrupt frame (not decoded: must be skipped), a frame of
+    another size (``resized``), another ``edge_of`` than None (the person across that frame edge: may
+    be skipped for ``edge_reasons``), else ``rest(*side)`` (None: a plain side)."""
+    is_half = half_size_of(hard, at)
+
+    def case_of(*side):
+        edge = edge_of(*side)
+        if edge == "tiny":
+            return True, {"person too small"}
+        if at(*side) == hard["corrupt"]:
+            return True, {"frame not decoded"}
+        if is_half(*side):
+            return resized
+        if edge is not None:
+            return False, set(edge_reasons)
+        return rest(*side) if rest else None
+    return case_of
+
+
+def at_frame(unit, track, cam, frame):
+    """``at`` of a fixture that names a frame by its index alone (one video or sequence)."""
+    return frame
+
+
+def panned_case(hard: dict, **options):
+    """:func:`hard_case` of a fixture whose camera pans so that the person crosses a frame edge, or
+    is tiny, in some frames (``hard["pans"]``: frame index -> the edge, or "tiny")."""
+    return hard_case(hard, at_frame, lambda unit, track, cam, frame: hard["pans"].get(frame), **options)
+
+
+def hard_frame_hw(hard: dict, at, size):
+    """``frame_hw(meta, side)`` for :func:`check_padded_crops`: ``size`` (height, width), or a function
+    of the camera giving it, halved for a frame the fixture wrote at half size."""
+    is_half = half_size_of(hard, at)
+
+    def frame_hw(meta, side):
+        cam = meta[f"camera_{side}"]
+        h, w = size(cam) if callable(size) else size
+        return (h // 2, w // 2) if is_half(meta["sequence"], meta["track"], cam, meta[f"frame_{side}"]) else (h, w)
+    return frame_hw
+
+
+class HardBuild(NamedTuple):
+    samples: list
+    skips: list[dict]
+    reasons: dict[str, int]  # skipped pairs per reason
+    crossed: dict[str, int]  # crops across each frame edge
+    planned: set  # (unit, track, camera, frame) of every planned side
+
+
+def check_hard_build(label: str, out, case_of, hard: dict, at, size,
+                     needed=("person too small", "frame not decoded")) -> HardBuild:
+    """What every hard fixture's build at ``out`` must show: pairs were built, every planned pair is
+    built or skipped for its true reason (:func:`check_outcomes` with ``case_of``), some for each
+    reason in ``needed``, and crops across every frame edge and a corner are padded
+    (:func:`check_padded_crops` with :func:`hard_frame_hw` of ``hard``, ``at``, ``size``)."""
+    samples, skips = read_samples(out), pair_skips(out)
+    assert samples
+    reasons = check_outcomes(samples, skips, case_of)
+    print(f"hard {label}: built", len(samples), "skipped", reasons)
+    assert all(reasons.get(r, 0) > 0 for r in needed), reasons
+    crossed = check_padded_crops(samples, hard_frame_hw(hard, at, size))
+    assert all(crossed[e] > 0 for e in EDGES), crossed
+    return HardBuild(samples, skips, reasons, crossed, planned_sides(samples, skips))
+
+
+def check_half_size_skipped(out, case_of, hard: dict, at) -> None:
+    """The frames the fixture wrote at half size were planned, pairs were skipped for a frame's
+    size, and every pair is built or skipped for its true reason (``case_of``: such a side must be
+    skipped, for its size)."""
+    samples, skips = read_samples(out), pair_skips(out)
+    is_half = half_size_of(hard, at)
+    assert any(is_half(*side) for side in planned_sides(samples, skips))  # such pairs were planned
+    assert any(p["reason"].startswith("frame size") for p in skips)  # skipped for its size
+    check_outcomes(samples, skips, case_of)
+
+
+def named_skips(out) -> dict[str, str]:
+    """unit -> reason of every entry of ``skipped_units``, over the finished shards."""
+    return {u["unit"]: u["reason"] for s in read_stats(out) for u in s.get("skipped_units", [])}

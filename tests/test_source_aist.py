@@ -259,12 +259,8 @@ def hard_dataset(tmp_path_factory, synthetic_worker, smpl_file):
                              seqs=((TRAIN_SEQ, "train"),), width=320, height=180, hard=True, keep_masks=False)
 
 
-def _hard_frame_hw(truth):
-    def frame_hw(meta, side):
-        if meta[f"camera_{side}"] == truth["hard"]["half_size"]:
-            return truth["height"] // 2, truth["width"] // 2
-        return truth["height"], truth["width"]
-    return frame_hw
+def _at(unit, track, cam, frame):
+    return cam  # how the fixture names a video: its camera
 
 
 def _hard_case(truth):
@@ -284,7 +280,7 @@ def _hard_case(truth):
 def test_build_dancer_across_frame_edges(hard_dataset, tmp_path):
     """Regression: a dancer near the edge of a video frame needs a padded crop; frames from videos are
     VideoImages (no ``ndim``), which crashed crop_resize and failed the whole shard."""
-    from source_checks import check_padded_crops, hard_build, pair_skips
+    from source_checks import EDGES, check_padded_crops, hard_build, hard_frame_hw, pair_skips
 
     out = tmp_path / "edges"
     hard_build("aist", hard_dataset["root"], out, "--num-pairs", "30", "--image-size", "128", *GAPS)
@@ -292,26 +288,21 @@ def test_build_dancer_across_frame_edges(hard_dataset, tmp_path):
     assert not any(p["reason"].startswith("internal error") for p in pair_skips(out))
     samples = _samples(out)
     assert len(samples) > 0 and {s.meta["silhouette_method"] for s in samples} == {"bgsub"}
-    crossed = check_padded_crops(samples, _hard_frame_hw(hard_dataset))
-    assert all(crossed[e] > 0 for e in ("left", "right", "top", "bottom", "corner")), crossed
+    crossed = check_padded_crops(samples, hard_frame_hw(hard_dataset["hard"], _at,
+                                                        (hard_dataset["height"], hard_dataset["width"])))
+    assert all(crossed[e] > 0 for e in EDGES), crossed
 
 
 def test_hard_fixture(hard_dataset, tmp_path):
     """Every planned pair is built or skipped for its true reason; edge crops are padded; verify passes."""
-    from source_checks import check_outcomes, check_padded_crops, hard_build, pair_skips
+    from source_checks import check_hard_build, hard_build, named_skips
 
     truth, hard = hard_dataset, hard_dataset["hard"]
     out = tmp_path / "hard"
     hard_build("aist", truth["root"], out, "--num-pairs", "60", "--image-size", "128", "--silhouette", "keypoints",
                *GAPS)
-    skips = pair_skips(out)  # built + skipped == planned, every skipped pair named with its reason
-    samples = _samples(out)
-    assert len(samples) > 0
-    reasons = check_outcomes(samples, skips, _hard_case(truth))
-    print("hard aist: built", len(samples), "skipped", reasons)
-    assert reasons.get("person too small", 0) > 0
-    crossed = check_padded_crops(samples, _hard_frame_hw(truth))
-    assert all(crossed[e] > 0 for e in ("left", "right", "top", "bottom", "corner")), crossed
+    samples = check_hard_build("aist", out, _hard_case(truth), hard, _at, (truth["height"], truth["width"]),
+                               needed=("person too small",)).samples
     used = {(s.meta["sequence"], s.meta[f"camera_{k}"], s.meta[f"frame_{k}"]) for s in samples
             for k in ("target", "reference")}
     for cam, frames in hard["unseen"].items():  # undetected: never planned
@@ -319,8 +310,7 @@ def test_hard_fixture(hard_dataset, tmp_path):
     assert (hard["copy"], "c01") not in {(u, c) for u, c, _ in used}  # missing video
     assert (hard["copy"], "c09") not in {(u, c) for u, c, _ in used}  # another aspect: camera skipped
     assert any(c == hard["half_size"] for _, c, _ in used)  # half size, same aspect: rescaled and used
-    st = _stats(out)
-    named = {u["unit"]: u["reason"] for u in st["skipped_units"]}
+    named = named_skips(out)
     assert named[f"{hard['copy']}/c01"] == "missing video"
     assert named[f"{hard['copy']}/c09"] == "video size does not match calibration"
     assert named[MALFORMED_SEQ].startswith("bad unit: malformed keypoints2d pickle")

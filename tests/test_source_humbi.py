@@ -231,57 +231,36 @@ def hard(tmp_path_factory, synthetic_worker):
     return truth, out
 
 
-def _hard_case(hard: dict, resized=(True, {"frame size *"})):
-    def case_of(unit, track, cam, frame):
-        edge = hard["edges"].get(int(cam))
-        if edge == "tiny":
-            return True, {"person too small"}
-        if (int(cam), frame) == hard["corrupt"]:
-            return True, {"frame not decoded"}
-        if (int(cam), frame) in hard["half_size"]:
-            return resized
-        if edge is not None:
-            return False, {"person mostly outside the frame"}
-        return None
-    return case_of
+def _at(unit, track, cam, frame):
+    return int(cam), frame  # how the fixture names an image: camera number and frame
+
+
+def _hard_case(hard: dict, **options):
+    from source_checks import hard_case
+
+    return hard_case(hard, _at, lambda unit, track, cam, frame: hard["edges"].get(int(cam)), **options)
 
 
 def test_hard_fixture(hard):
     """Every planned pair is built or skipped for its true reason, crops across the edges are padded,
     undetected frames and missing images are never planned, verify passes (in the fixture)."""
-    from source_checks import check_outcomes, check_padded_crops, pair_skips, planned_sides
+    from source_checks import SIZE_ANY, check_hard_build, named_skips
 
     truth, out = hard
     h = truth["hard"]
-    samples = _samples(out)
-    skips = pair_skips(out)
     # the image of another size: its true reason is checked by the next test
-    reasons = check_outcomes(samples, skips, _hard_case(h, (False, {"frame size *", "person mostly outside the frame",
-                                                                    "person too small"})))
-    print("hard humbi: built", len(samples), "skipped", reasons)
-    assert reasons.get("person too small", 0) > 0 and reasons.get("frame not decoded", 0) > 0
-
-    def frame_hw(meta, side):
-        half = (int(meta[f"camera_{side}"]), meta[f"frame_{side}"]) in h["half_size"]
-        return (truth["height"] // 2, truth["width"] // 2) if half else (truth["height"], truth["width"])
-
-    crossed = check_padded_crops(samples, frame_hw)
-    assert all(crossed[e] > 0 for e in ("left", "right", "top", "bottom", "corner")), crossed
-    planned = {(int(c), f) for _, _, c, f in planned_sides(samples, skips)}
+    built = check_hard_build("humbi", out, _hard_case(h, resized=SIZE_ANY), h, _at, (truth["height"], truth["width"]))
+    planned = {_at(*side) for side in built.planned}
     assert not {f for _, f in planned} & set(h["unseen"])  # nobody detected: never planned
     assert h["missing"] not in planned
-    named = {u["unit"]: u["reason"] for s in _stats(out) for u in s["skipped_units"]}
     cam, fr = h["missing"]
-    assert named[f"subject_{h['subject']}/frame {fr:08d} camera {cam}"] == "missing image"
+    assert named_skips(out)[f"subject_{h['subject']}/frame {fr:08d} camera {cam}"] == "missing image"
 
 
 def test_hard_fixture_image_of_another_size_is_skipped_for_its_size(hard):
     """An image written at half size (HUMBI's sizes come from each camera's JPEG headers): the
     projected joints are not its pixels, so its pairs are skipped for that reason."""
-    from source_checks import check_outcomes, pair_skips, planned_sides
+    from source_checks import check_half_size_skipped
 
     truth, out = hard
-    samples, skips = _samples(out), pair_skips(out)
-    assert {(int(c), f) for _, _, c, f in planned_sides(samples, skips)} & truth["hard"]["half_size"]  # planned
-    assert any(p["reason"].startswith("frame size") for p in skips)  # skipped for its size
-    check_outcomes(samples, skips, _hard_case(truth["hard"]))
+    check_half_size_skipped(out, _hard_case(truth["hard"]), truth["hard"], _at)

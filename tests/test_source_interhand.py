@@ -265,52 +265,34 @@ def hard(tmp_path_factory, synthetic_worker):
     return truth, out
 
 
-def _hard_case(hard: dict, resized=(True, {"frame size *"})):
-    def case_of(unit, track, cam, frame):
-        if cam == hard["tiny"] and (cam, frame) != hard["half_size"]:
-            return True, {"person too small"}
-        if (cam, frame) == hard["corrupt"]:
-            return True, {"frame not decoded"}
-        if (cam, frame) == hard["half_size"]:
-            return resized
-        if cam in hard["edges"]:  # the joints inside the image may span a small part of the hand
-            return False, {"person mostly outside the frame", "person too small"}
-        return None
-    return case_of
+def _at(unit, track, cam, frame):
+    return cam, frame  # how the fixture names an image: camera and frame
 
 
-def _hard_frame_hw(truth):
-    h = truth["hard"]
+def _hard_case(hard: dict, **options):
+    from source_checks import OUTSIDE, hard_case
 
-    def frame_hw(meta, side):
-        cam = meta[f"camera_{side}"]
-        c = truth["units"][h["unit"]].cameras[cam]
-        if (cam, meta[f"frame_{side}"]) == h["half_size"]:
-            return c.height // 2, c.width // 2
-        return c.height, c.width
-    return frame_hw
+    def edge_of(unit, track, cam, frame):
+        return "tiny" if cam == hard["tiny"] and (cam, frame) != hard["half_size"] else hard["edges"].get(cam)
+
+    # across an edge, the joints inside the image may span a small part of the hand
+    return hard_case(hard, _at, edge_of, edge_reasons=(OUTSIDE, "person too small"), **options)
 
 
 def test_hard_fixture(hard):
     """Every planned pair is built or skipped for its true reason, crops across the edges are padded,
     unannotated hands and missing images are never planned, verify passes (in the fixture)."""
-    from source_checks import check_outcomes, check_padded_crops, pair_skips, planned_sides, read_samples
+    from source_checks import SIZE_ANY, check_hard_build
 
     truth, out = hard
     h = truth["hard"]
-    samples = read_samples(out)
-    skips = pair_skips(out)
+    cameras = truth["units"][h["unit"]].cameras
     # the image of another size: its true reason is checked by the next test
-    reasons = check_outcomes(samples, skips, _hard_case(h, (False, {"frame size *", "person mostly outside the frame",
-                                                                    "person too small"})))
-    print("hard interhand: built", len(samples), "skipped", reasons)
-    assert reasons.get("person too small", 0) > 0 and reasons.get("frame not decoded", 0) > 0
-    crossed = check_padded_crops(samples, _hard_frame_hw(truth))
-    assert all(crossed[e] > 0 for e in ("left", "right", "top", "bottom", "corner")), crossed
-    planned = planned_sides(samples, skips)
+    built = check_hard_build("interhand", out, _hard_case(h, resized=SIZE_ANY), h, _at,
+                             lambda cam: (cameras[cam].height, cameras[cam].width))
     for hand, frames in h["unlabelled"].items():
-        assert not {(hand, f) for f in frames} & {(t, f) for _, t, _, f in planned}  # never planned
-    assert h["missing"] not in {(c, f) for *_, c, f in planned}
+        assert not {(hand, f) for f in frames} & {(t, f) for _, t, _, f in built.planned}  # never planned
+    assert h["missing"] not in {(c, f) for *_, c, f in built.planned}
     named = {u["unit"]: u["reason"] for s in _stats(out) for u in s["skipped_units"]}
     assert named[f"{h['unit']}/images"] == "image files listed in _data.json missing"
 
@@ -318,10 +300,7 @@ def test_hard_fixture(hard):
 def test_hard_fixture_image_of_another_size_is_skipped_for_its_size(hard):
     """An image written at half size (_data.json states each image's width and height): the projected
     joints are not its pixels, so its pairs are skipped for that reason."""
-    from source_checks import check_outcomes, pair_skips, planned_sides, read_samples
+    from source_checks import check_half_size_skipped
 
     truth, out = hard
-    samples, skips = read_samples(out), pair_skips(out)
-    assert truth["hard"]["half_size"] in {(c, f) for *_, c, f in planned_sides(samples, skips)}  # planned
-    assert any(p["reason"].startswith("frame size") for p in skips)  # skipped for its size
-    check_outcomes(samples, skips, _hard_case(truth["hard"]))
+    check_half_size_skipped(out, _hard_case(truth["hard"]), truth["hard"], _at)

@@ -286,67 +286,52 @@ def hard(tmp_path_factory, synthetic_worker):
     return truth, out
 
 
-def _hard_case(truth: dict, resized=(True, {"frame size *"})):
+def _at(unit, track, cam, frame):
+    return cam, frame  # how the fixture names an image: camera and frame
+
+
+def _hard_case(truth: dict, **options):
+    from source_checks import OUTSIDE, hard_case
+
     hard, gt = truth["hard"], truth["sequences"][truth["hard"]["seq"]]
     # a pedestrian cut by an image border (walking into the next camera) shows a sliver: a box below
     # --min-person-px, or visible joints that share no limb (the keypoint mask draws nothing)
     cut = {"person too small", "labelled keypoints share no limb (no keypoint silhouette)",
            "fewer than 2 labelled keypoints"}
 
-    def case_of(unit, track, cam, frame):
-        edge = hard["pans"].get(frame) if cam == hard["cam"] else None
-        if edge == "tiny":
-            return True, {"person too small"}
-        if (cam, frame) == hard["corrupt"]:
-            return True, {"frame not decoded"}
-        if (cam, frame) == hard["half_size"]:
-            return resized
-        if edge is not None:
-            return False, {"person mostly outside the frame"} | cut
+    def edge_of(unit, track, cam, frame):
+        return hard["pans"].get(frame) if cam == hard["cam"] else None
+
+    def rest(unit, track, cam, frame):
         if gt["truncated"].get((track, cam, frame)):
             return False, cut
         return False, {"fewer than 2 labelled keypoints"}  # a pedestrian behind another: no visible joint
-    return case_of
+
+    return hard_case(hard, _at, edge_of, edge_reasons={OUTSIDE} | cut, rest=rest, **options)
 
 
 def test_hard_fixture(hard):
     """Every planned pair is built or skipped for its true reason, crops across the edges are padded,
     unlabelled frames and missing images are never planned, verify passes (in the fixture)."""
-    from source_checks import check_outcomes, check_padded_crops, pair_skips, planned_sides
+    from source_checks import SIZE_ANY, check_hard_build, named_skips
 
     truth, out = hard
     h = truth["hard"]
-    samples = _samples(out)
-    skips = pair_skips(out)
     # the frame of another size: its true reason is checked by the next test
-    lenient = (False, {"frame size *", "person mostly outside the frame", "person too small"})
-    reasons = check_outcomes(samples, skips, _hard_case(truth, lenient))
-    print("hard jrdb: built", len(samples), "skipped", reasons)
-    assert reasons.get("person too small", 0) > 0 and reasons.get("frame not decoded", 0) > 0
-
-    def frame_hw(meta, side):
-        half = (meta[f"camera_{side}"], meta[f"frame_{side}"]) == h["half_size"]
-        return (truth["height"] // 2, truth["width"] // 2) if half else (truth["height"], truth["width"])
-
-    crossed = check_padded_crops(samples, frame_hw)
-    assert all(crossed[e] > 0 for e in ("left", "right", "top", "bottom", "corner")), crossed
-    planned = planned_sides(samples, skips)
+    planned = check_hard_build("jrdb", out, _hard_case(truth, resized=SIZE_ANY), h, _at,
+                               (truth["height"], truth["width"])).planned
     assert {(h["track"], h["cam"], f) for f, e in h["pans"].items() if e != "tiny"} & {p[1:] for p in planned}
     assert not {("2", f) for f in h["unlabelled"][2]} & {(t, f) for _, t, _, f in planned}
     first, last = h["span"][5]
     assert all(first <= f <= last for _, t, _, f in planned if t == "5")
     assert h["missing"] not in {(c, f) for *_, c, f in planned}
-    named = {u["unit"]: u["reason"] for s in _stats(out) for u in s["skipped_units"]}
-    assert named[f"{h['seq']}/{h['missing'][0]}"] == "labelled frames missing on disk"
+    assert named_skips(out)[f"{h['seq']}/{h['missing'][0]}"] == "labelled frames missing on disk"
 
 
 def test_hard_fixture_frame_of_another_size_is_skipped_for_its_size(hard):
     """An image_0 frame written at half size: the labels' pixels are not its pixels, so its pairs
     are skipped for that reason."""
-    from source_checks import check_outcomes, pair_skips, planned_sides
+    from source_checks import check_half_size_skipped
 
     truth, out = hard
-    samples, skips = _samples(out), pair_skips(out)
-    assert truth["hard"]["half_size"] in {(c, f) for *_, c, f in planned_sides(samples, skips)}  # planned
-    assert any(p["reason"].startswith("frame size") for p in skips)  # skipped for its size
-    check_outcomes(samples, skips, _hard_case(truth))
+    check_half_size_skipped(out, _hard_case(truth), truth["hard"], _at)

@@ -227,41 +227,28 @@ def hard(tmp_path_factory, synthetic_worker):
     return truth, out
 
 
-def _hard_case(hard: dict, resized=(True, {"frame size *"})):
-    def case_of(unit, track, cam, frame):
-        if track == hard["tiny"]:
-            return True, {"person too small"}
-        if (track, frame) == hard["corrupt"]:
-            return True, {"frame not decoded"}
-        if (track, frame) in hard["half_size"]:
-            return resized
-        return None
-    return case_of
+def _at(unit, track, cam, frame):
+    return track, frame  # how the fixture names a frame: its tracklet and index
+
+
+def _hard_case(hard: dict, **options):
+    from source_checks import hard_case
+
+    return hard_case(hard, _at, lambda unit, track, cam, frame: "tiny" if track == hard["tiny"] else None, **options)
 
 
 def test_hard_fixture(hard):
     """Every planned pair is built or skipped for its true reason, every crop is padded on all four
     sides (black image, empty silhouette there), gaps and missing files are never planned, verify
     passes (in the fixture)."""
-    from source_checks import check_outcomes, check_padded_crops, pair_skips, planned_sides
+    from source_checks import SIZE_ANY, check_hard_build
 
     truth, out = hard
     h = truth["hard"]
-    samples = _samples(out)
-    skips = pair_skips(out)
     # the frame of another size: its true reason is checked by the next test
-    reasons = check_outcomes(samples, skips, _hard_case(h, (False, {"frame size *", "person mostly outside the frame",
-                                                                    "person too small"})))
-    print("hard mars: built", len(samples), "skipped", reasons)
-    assert reasons.get("person too small", 0) > 0 and reasons.get("frame not decoded", 0) > 0
-
-    def frame_hw(meta, side):
-        half = (meta["track"], meta[f"frame_{side}"]) in h["half_size"]
-        return (CROP_H // 2, CROP_W // 2) if half else (CROP_H, CROP_W)
-
-    crossed = check_padded_crops(samples, frame_hw)
-    assert all(crossed[e] == 2 * len(samples) for e in ("left", "right", "top", "bottom", "corner")), crossed
-    planned = {(t, f) for _, t, _, f in planned_sides(samples, skips)}
+    built = check_hard_build("mars", out, _hard_case(h, resized=SIZE_ANY), h, _at, (CROP_H, CROP_W))
+    assert all(n == 2 * len(built.samples) for n in built.crossed.values()), built.crossed
+    planned = {(t, f) for _, t, _, f in built.planned}
     track, gap = h["gap"]
     assert not {(track, F) for F in gap} & planned  # not detected there: never planned
     track, gone = h["missing"]
@@ -273,10 +260,7 @@ def test_hard_fixture(hard):
 def test_hard_fixture_frame_of_another_size_is_skipped_for_its_size(hard):
     """A frame of a tracklet written at half size (MARS reads the crop size from the tracklet's first
     JPEG): the person box is not in its pixels, so its pairs are skipped for that reason."""
-    from source_checks import check_outcomes, pair_skips, planned_sides
+    from source_checks import check_half_size_skipped
 
     truth, out = hard
-    samples, skips = _samples(out), pair_skips(out)
-    assert truth["hard"]["half_size"] & {(t, f) for _, t, _, f in planned_sides(samples, skips)}  # planned
-    assert any(p["reason"].startswith("frame size") for p in skips)  # skipped for its size
-    check_outcomes(samples, skips, _hard_case(truth["hard"]))
+    check_half_size_skipped(out, _hard_case(truth["hard"]), truth["hard"], _at)

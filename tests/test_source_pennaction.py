@@ -349,39 +349,20 @@ def hard(tmp_path_factory, synthetic_worker):
     return truth, out
 
 
-def _hard_case(hard: dict, resized=(True, {"frame size *"})):
-    def case_of(unit, track, cam, frame):
-        edge = hard["pans"].get(frame)
-        if edge == "tiny":
-            return True, {"person too small"}
-        if frame == hard["corrupt"]:
-            return True, {"frame not decoded"}
-        if frame in hard["occluded"]:
-            return True, {"fewer than 2 labelled keypoints"}
-        if frame == hard["half_size"]:
-            return resized
-        if edge is not None:
-            return False, {"person mostly outside the frame"}
-        return None
-    return case_of
-
-
 def test_hard_fixture(hard):
     """Every planned pair is built or skipped for its true reason, crops across the edges are padded,
     unlabelled and missing frames are never planned, verify passes (in the fixture)."""
-    from source_checks import check_outcomes, check_padded_crops, pair_skips, planned_sides
+    from source_checks import at_frame, check_hard_build, named_skips, panned_case
 
     truth, out = hard
     h = truth["hard"]
-    samples = _samples(out)
-    skips = pair_skips(out)
-    reasons = check_outcomes(samples, skips, _hard_case(h))
-    print("hard pennaction: built", len(samples), "skipped", reasons)
-    assert reasons.get("person too small", 0) > 0 and reasons.get("frame not decoded", 0) > 0
-    crossed = check_padded_crops(samples, lambda meta, side: (truth["height"], truth["width"]))
-    assert all(crossed[e] > 0 for e in ("left", "right", "top", "bottom", "corner")), crossed
-    planned = {f for *_, f in planned_sides(samples, skips)}
+
+    def occluded(unit, track, cam, frame):
+        return (True, {"fewer than 2 labelled keypoints"}) if frame in h["occluded"] else None
+
+    built = check_hard_build("pennaction", out, panned_case(h, rest=occluded), h, at_frame,
+                             (truth["height"], truth["width"]))
+    planned = {f for *_, f in built.planned}
     assert h["half_size"] in planned and set(h["occluded"]) & planned
     assert not planned & {*h["unlabelled"], h["missing"]}  # nobody labelled / no file: never planned
-    named = {u["unit"]: u["reason"] for s in _stats(out) for u in s["skipped_units"]}
-    assert named[f"{h['video']}/frame {h['missing']:06d}"] == "frames missing on disk"
+    assert named_skips(out)[f"{h['video']}/frame {h['missing']:06d}"] == "frames missing on disk"

@@ -385,45 +385,19 @@ def hard(tmp_path_factory, synthetic_worker):
     return truth, out
 
 
-def _hard_case(hard: dict, resized_reasons=("frame size *",), resized_must=True):
-    def case_of(unit, track, cam, frame):
-        edge = hard["pans"].get(frame)
-        if edge == "tiny":
-            return True, {"person too small"}
-        if frame == hard["corrupt"]:
-            return True, {"frame not decoded"}
-        if frame == hard["half_size"]:
-            return resized_must, set(resized_reasons)
-        if edge is not None:
-            return False, {"person mostly outside the frame"}
-        return None
-    return case_of
-
-
 def test_hard_fixture(hard):
     """Every planned pair is built or skipped for its true reason, crops across the edges are padded,
     unannotated people and missing frames are never planned, verify passes (in the fixture)."""
-    from source_checks import check_outcomes, check_padded_crops, pair_skips, planned_sides
+    from source_checks import SIZE_ANY, at_frame, check_hard_build, panned_case
 
     truth, out = hard
     h = truth["hard"]
-    samples = _samples(out)
-    skips = pair_skips(out)
     # a frame of another size: its true reason is checked by the next test
-    reasons = check_outcomes(samples, skips, _hard_case(h, ("frame size *", "person mostly outside the frame",
-                                                            "person too small"), resized_must=False))
-    print("hard posetrack: built", len(samples), "skipped", reasons)
-    assert reasons.get("person too small", 0) > 0 and reasons.get("frame not decoded", 0) > 0
-
-    def frame_hw(meta, side):
-        half = meta[f"frame_{side}"] == h["half_size"]
-        return (truth["height"] // 2, truth["width"] // 2) if half else (truth["height"], truth["width"])
-
-    crossed = check_padded_crops(samples, frame_hw)
-    assert all(crossed[e] > 0 for e in ("left", "right", "top", "bottom", "corner")), crossed
+    built = check_hard_build("posetrack", out, panned_case(h, resized=SIZE_ANY), h, at_frame,
+                             (truth["height"], truth["width"]))
     edge_frames = {f for f, e in h["pans"].items() if e != "tiny"}
-    assert {m for s in samples for m in (s.meta["frame_target"], s.meta["frame_reference"])} & edge_frames
-    used = {(t, f) for _, t, _, f in planned_sides(samples, skips)}
+    assert {m for s in built.samples for m in (s.meta["frame_target"], s.meta["frame_reference"])} & edge_frames
+    used = {(t, f) for _, t, _, f in built.planned}
     first, last = h["track_span"][1]
     assert not {("1", f) for f in h["unlabelled"][1]} & used  # unannotated: never planned
     assert all(first <= f <= last for t, f in used if t == "1")  # B's track starts and ends mid-video
@@ -435,10 +409,7 @@ def test_hard_fixture(hard):
 def test_hard_fixture_frame_of_another_size_is_skipped_for_its_size(hard):
     """A frame written at half size: the annotation's pixels are not its pixels, so its pairs are
     skipped, for that reason (not built from the wrong pixels, nor "mostly outside the frame")."""
-    from source_checks import check_outcomes, pair_skips, planned_sides
+    from source_checks import at_frame, check_half_size_skipped, panned_case
 
     truth, out = hard
-    samples, skips = _samples(out), pair_skips(out)
-    assert truth["hard"]["half_size"] in {f for *_, f in planned_sides(samples, skips)}  # such pairs were planned
-    assert any(p["reason"].startswith("frame size") for p in skips)  # skipped for its size
-    check_outcomes(samples, skips, _hard_case(truth["hard"]))
+    check_half_size_skipped(out, panned_case(truth["hard"]), truth["hard"], at_frame)

@@ -268,58 +268,29 @@ def hard(tmp_path_factory, smpl_file):
     return truth, out
 
 
-def _hard_case(hard: dict, resized=(True, {"frame size *"})):
-    def case_of(unit, track, cam, frame):
-        edge = hard["pans"].get(frame)
-        if edge == "tiny":
-            return True, {"person too small"}
-        if frame == hard["corrupt"]:
-            return True, {"frame not decoded"}
-        if frame == hard["half_size"]:
-            return resized
-        if edge is not None:  # actor 0 crosses the edge; actor 1 is wherever the turn puts them
-            return False, {"person mostly outside the frame"}
-        return None
-    return case_of
-
-
 def test_hard_fixture(hard):
     """Every planned pair is built or skipped for its true reason, crops across the edges are padded,
     invalid frames and missing images are never planned, verify passes (in the fixture)."""
-    from source_checks import check_outcomes, check_padded_crops, pair_skips, planned_sides
+    from source_checks import SIZE_ANY, at_frame, check_hard_build, named_skips, panned_case
 
     truth, out = hard
     h = truth["hard"]
-    samples = _samples(out)
-    skips = pair_skips(out)
-    # the frame of another size: its true reason is checked by the next test
-    reasons = check_outcomes(samples, skips, _hard_case(h, (False, {"frame size *", "person mostly outside the frame",
-                                                                    "person too small"})))
-    print("hard 3dpw: built", len(samples), "skipped", reasons)
-    assert reasons.get("person too small", 0) > 0 and reasons.get("frame not decoded", 0) > 0
-
-    def frame_hw(meta, side):
-        half = meta[f"frame_{side}"] == h["half_size"]
-        return (truth["height"] // 2, truth["width"] // 2) if half else (truth["height"], truth["width"])
-
-    crossed = check_padded_crops(samples, frame_hw)
-    assert all(crossed[e] > 0 for e in ("left", "right", "top", "bottom", "corner")), crossed
-    planned = {(t, f) for _, t, _, f in planned_sides(samples, skips)}
+    # the frame of another size: its true reason is checked by the next test; across an edge: actor 0
+    # crosses it, actor 1 is wherever the turn puts them
+    built = check_hard_build("3dpw", out, panned_case(h, resized=SIZE_ANY), h, at_frame,
+                             (truth["height"], truth["width"]))
+    planned = {(t, f) for _, t, _, f in built.planned}
     first, last = h["span"][1]
     assert all(first <= f <= last for t, f in planned if t == "1")  # actor 1's track starts and ends mid-way
     assert h["missing"] not in {f for _, f in planned}
     assert {f for t, f in planned if t == "0"} & {f for f, e in h["pans"].items() if e != "tiny"}
-    named = {u["unit"]: u["reason"] for u in _stats(out)["skipped_units"]}
-    assert named[f"{h['seq']}/image_{h['missing']:05d}.jpg"] == "missing image"
+    assert named_skips(out)[f"{h['seq']}/image_{h['missing']:05d}.jpg"] == "missing image"
 
 
 def test_hard_fixture_frame_of_another_size_is_skipped_for_its_size(hard):
     """An image written at half size (3DPW's size is 2 cx x 2 cy of cam_intrinsics): the annotation's
     pixels are not its pixels, so its pairs are skipped for that reason, not built from wrong pixels."""
-    from source_checks import check_outcomes, pair_skips, planned_sides
+    from source_checks import at_frame, check_half_size_skipped, panned_case
 
     truth, out = hard
-    samples, skips = _samples(out), pair_skips(out)
-    assert truth["hard"]["half_size"] in {f for *_, f in planned_sides(samples, skips)}  # such pairs were planned
-    assert any(p["reason"].startswith("frame size") for p in skips)  # skipped for its size
-    check_outcomes(samples, skips, _hard_case(truth["hard"]))
+    check_half_size_skipped(out, panned_case(truth["hard"]), truth["hard"], at_frame)
