@@ -5,6 +5,7 @@
     OUT/stats/<source>-<shard:06d>.json          its stats; written LAST: the shard's completion marker
     OUT/build-<source>.json                      the resolved build configuration (written first)
     OUT/plan-<source>.json                       the planned shards and their pair counts
+    OUT/plan-<source>.parquet                    every shard's task (reused by a resumed build)
     OUT/failures-<source>.json                   shards that failed in the last run (absent if none)
     OUT/.tmp/                                    in-progress files (never under a final name)
     OUT/.<name>.<pid>.partial                    an in-progress config/plan/failures file
@@ -93,9 +94,17 @@ def is_shard_file(name: str, suffix: str = ".tar") -> bool:
     return name.endswith(suffix) and SHARD_RE.match(name[: -len(suffix)]) is not None
 
 
+def plan_tasks_rel(source: str) -> str:
+    """The whole plan (every shard's task), reused by a resumed build."""
+    return f"plan-{source}.parquet"
+
+
+PLAN_TASKS_RE = re.compile(r"^plan-(?P<source>[a-z0-9_]+)\.parquet$")
+
+
 def is_record_file(name: str) -> bool:
-    """A build config, plan or failures file (``build-aist.json``)."""
-    return RECORD_RE.match(name) is not None
+    """A build config, plan or failures file (``build-aist.json``, ``plan-aist.parquet``)."""
+    return RECORD_RE.match(name) is not None or PLAN_TASKS_RE.match(name) is not None
 
 
 def is_partial_file(name: str) -> bool:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -122,6 +123,7 @@ def build_shard(worker: SourceWorker, task: ShardTask, config: BuildConfig, stor
         "kinds": dict(sorted(kinds.items())), "skipped": result.skipped, "skipped_units": result.skipped_units,
         "metrics": metrics,
         "identity": config.identity_digest(),  # the settings it was built with (BuildConfig.output_identity)
+        "task": task_digest(task),  # what it was planned to hold
     }
     timings["build_s"] = round(time.time() - t0, 4)
     t1 = time.time()
@@ -143,10 +145,13 @@ def run_build(config: BuildConfig, progress: bool = True, log=None) -> dict:
     store = open_output(config)
     config.out = store.url  # resolved on the driver (absolute path or URL) before any worker starts
     prepare_output(config, store, log)
-    try:
-        tasks = source.plan()  # real sources read annotations here: bad input is reported, not raised
-    except ValueError as exc:
-        raise BuildError(str(exc)) from exc
+    tasks = None if config.replan else load_plan(store, config, log)
+    reused = tasks is not None
+    if tasks is None:
+        try:
+            tasks = source.plan()  # real sources read annotations here: bad input is reported, not raised
+        except ValueError as exc:
+            raise BuildError(str(exc)) from exc
     if not tasks:
         raise BuildError(f"source {config.source}: nothing to build (no pairs could be planned)")
     lock = None
@@ -160,14 +165,64 @@ def run_build(config: BuildConfig, progress: bool = True, log=None) -> dict:
         except OSError as exc:
             raise output_error(exc, store, "") from None
     try:
-        return _build(config, source, tasks, store, progress, log)
+        return _build(config, source, tasks, store, progress, log, reused)
     finally:
         if lock is not None:
             lock.close()
 
 
-def _build(config: BuildConfig, source, tasks: list[ShardTask], store: Store, progress: bool, log) -> dict:
+def task_digest(task: ShardTask) -> str:
+    """What a shard is planned to hold (recorded in its stats: a shard of another plan is rebuilt)."""
+    blob = json.dumps({"planned": task.planned, "payload": task.payload}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def save_plan(store: Store, config: BuildConfig, tasks: list[ShardTask]) -> None:
+    """Every task of the plan in ``OUT/plan-<source>.parquet`` (atomic), for resumed builds."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"index": [t.index for t in tasks], "planned": [t.planned for t in tasks],
+                      "payload": [json.dumps(t.payload, separators=(",", ":")) for t in tasks]})
+    table = table.replace_schema_metadata({"identity": config.identity_digest(), "source": config.source})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    rel = layout.plan_tasks_rel(config.source)
+    try:
+        store.write_bytes(rel, sink.getvalue().to_pybytes())
+    except Exception as exc:  # noqa: BLE001 - object stores raise many types; all stop the build
+        raise output_error(exc, store, rel) from None
+
+
+def load_plan(store: Store, config: BuildConfig, log) -> list[ShardTask] | None:
+    """The saved plan of a build with these settings, or None (no plan, another build's, unreadable:
+    planned again)."""
+    import pyarrow.parquet as pq
+
+    rel = layout.plan_tasks_rel(config.source)
+    if store.stat(rel) is None:
+        return None
+    try:
+        with store.open(rel, "rb") as f:
+            table = pq.read_table(f)
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+        if meta.get("identity") != config.identity_digest():
+            return None
+        tasks = [ShardTask(config.source, int(i), int(n), json.loads(p)) for i, n, p in
+                 zip(*(table.column(c).to_pylist() for c in ("index", "planned", "payload")))]
+    except Exception as exc:  # noqa: BLE001 - a damaged plan is planned again
+        log(f"pairgen: {rel} is unreadable ({type(exc).__name__}); planning again")
+        return None
+    log(f"pairgen: reusing the plan in {rel} ({len(tasks)} shards, {sum(t.planned for t in tasks)} pairs; "
+        "--replan to plan again)")
+    return tasks
+
+
+def _build(config: BuildConfig, source, tasks: list[ShardTask], store: Store, progress: bool, log,
+           reused: bool = False) -> dict:
     _write_record(store, layout.config_rel(config.source), config.to_record())
+    if not reused:
+        save_plan(store, config, tasks)
     names = [layout.shard_name(t.source, t.index) for t in tasks]
     _write_record(store, layout.plan_rel(config.source),
                   {"source": config.source, "pairs": sum(t.planned for t in tasks),
@@ -177,7 +232,8 @@ def _build(config: BuildConfig, source, tasks: list[ShardTask], store: Store, pr
         strays = remove_strays(store, config.source, names)
         if strays:
             log(f"pairgen: removed {len(strays)} shard(s) not in this build's plan: {', '.join(strays[:5])}")
-        done, damaged = resume_state(store, names, deep=config.rehash, identity=config.identity_digest())
+        done, damaged = resume_state(store, names, deep=config.rehash, identity=config.identity_digest(),
+                                     tasks={n: task_digest(t) for n, t in zip(names, tasks)})
     except OSError as exc:
         raise output_error(exc, store, "") from None
     if damaged:

@@ -70,6 +70,9 @@ def _add_build(sub) -> None:
                    help="share of cross-view pairs when both kinds are built [%(default)s]")
     p.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="[%(default)s]")
     p.add_argument("--retries", type=int, default=d.retries, help="extra attempts per failed shard [%(default)s]")
+    p.add_argument("--replan", action="store_true",
+                   help="plan again (re-read the dataset's annotations) instead of reusing OUT/plan-<source>.parquet; "
+                        "finished shards that the new plan changes are rebuilt")
     p.add_argument("--rehash", action="store_true",
                    help="on resume, re-check the SHA-256 of every finished shard (reads them all; by default "
                         "sizes are checked, and checksums where a file's mtime changed)")

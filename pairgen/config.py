@@ -26,6 +26,7 @@ class BuildConfig:
     jpeg_quality: int = 95
     retries: int = 2  # extra attempts for a failed shard before it is recorded as failed
     storage_options: tuple[str, ...] = ()  # KEY=VALUE for the filesystem of an --out URL (fsspec), e.g. endpoint_url=...
+    replan: bool = False  # plan again even if OUT holds this build's plan (shards of another plan are rebuilt)
     rehash: bool = False  # on resume, re-check every finished shard's SHA-256 (default: sizes, and hashes where mtimes changed)
     split: str | None = None  # keep only this dataset split (real sources)
     # real sources

@@ -211,7 +211,7 @@ def _read_stats(raw: bytes | None) -> dict | str:
 
 def shard_problems(store: Store, name: str, deep: bool = False, tar_sha256: str | None = None,
                    identity: str | None = None, stats_raw: bytes | None | bool = False,
-                   listings: dict | None = None) -> list[str]:
+                   listings: dict | None = None, task: str | None = None) -> list[str]:
     """What is wrong with finished shard ``name`` (empty: intact), judged against its stats.
 
     Cheap by default (a resumed build checks every finished shard): stats readable and complete,
@@ -232,6 +232,8 @@ def shard_problems(store: Store, name: str, deep: bool = False, tar_sha256: str 
     problems = []
     if identity is not None and stats.get("identity", identity) != identity:
         problems.append("built with other settings")
+    if task is not None and stats.get("task", task) != task:
+        problems.append("built from another plan")
 
     def stat(rel: str):
         folder, _, base = rel.rpartition("/")
@@ -287,8 +289,8 @@ def clean_partials(store: Store) -> int:
     return removed
 
 
-def resume_state(store: Store, names: list[str], deep: bool = False,
-                 identity: str | None = None) -> tuple[set[str], dict[str, list[str]]]:
+def resume_state(store: Store, names: list[str], deep: bool = False, identity: str | None = None,
+                 tasks: dict[str, str] | None = None) -> tuple[set[str], dict[str, list[str]]]:
     """Which of ``names`` are finished and intact (and, given ``identity``, built with those
     settings); the files of every other one are removed (they are rebuilt). Returns (finished,
     {damaged shard: its problems}). A damaged shard loses its stats first, so a kill during this
@@ -303,7 +305,7 @@ def resume_state(store: Store, names: list[str], deep: bool = False,
     for n in names:
         if layout.stats_rel(n) in raw:
             problems = shard_problems(store, n, deep=deep, identity=identity, stats_raw=raw[layout.stats_rel(n)],
-                                      listings=listings)
+                                      listings=listings, task=(tasks or {}).get(n))
             if not problems:
                 finished.add(n)
                 continue

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 
+import os
 import shutil
 
 import numpy as np
@@ -366,3 +367,72 @@ def test_hard_fixture(hard):
     assert h["half_size"] in planned and set(h["occluded"]) & planned
     assert not planned & {*h["unlabelled"], h["missing"]}  # nobody labelled / no file: never planned
     assert named_skips(out)[f"{h['video']}/frame {h['missing']:06d}"] == "frames missing on disk"
+
+
+def test_parallel_planning_gives_the_same_plan(penn, tmp_path):
+    """Issue 12: a dataset of many units is planned by several processes (batches of units loaded
+    and mined in parallel); the plan is the same as one process's, whatever the number of processes."""
+    from pairgen.config import BuildConfig
+    from pairgen.real import source as real_source
+    from pairgen.sources import make_source
+
+    base = tmp_path / "Penn_Action"
+    (base / "labels").mkdir(parents=True)
+    (base / "frames").mkdir()
+    originals = sorted((penn["root"] / "labels").glob("*.mat"))
+    n_units = 2 * real_source.PLAN_BATCH + 8  # more than one process is used above 2 batches
+    for i in range(n_units):  # many videos: copies of the fixture's labels, frames shared by links
+        src = originals[i % len(originals)]
+        shutil.copy(src, base / "labels" / f"{i + 1:04d}.mat")
+        (base / "frames" / f"{i + 1:04d}").symlink_to(penn["root"] / "frames" / src.stem)
+
+    def plan(**kw):
+        cfg = BuildConfig(source="pennaction", root=str(base), out=str(tmp_path / "o"), num_pairs=400,
+                          shard_size=40, seed=3, **kw)
+        source = make_source(cfg)
+        return source.planning_processes(n_units), [(t.index, t.planned, t.payload) for t in source.plan()]
+
+    procs_serial, serial = plan(local=True)
+    procs_parallel, parallel = plan(workers=2)
+    assert procs_serial == 1 and procs_parallel == min(2, os.cpu_count())
+    assert serial == parallel and sum(p for _, p, _ in serial) == 400
+
+
+def test_resumed_build_reuses_its_plan(penn, tmp_path):
+    """Issue 12: a resumed build reads OUT/plan-<source>.parquet instead of planning again (for a
+    full dataset, minutes of reading annotations). Shown by a label file that breaks after the first
+    run: planning again would leave its unit out and change the shards; the resume does not read it,
+    rebuilds only the missing shard, and gives the same bytes. --replan plans again, and rebuilds the
+    shards the new plan changes (their stats record the task they were built from)."""
+    import hashlib
+
+    from pairgen.build import run_build
+    from pairgen.config import BuildConfig
+    from pairgen.verify import verify
+
+    base = tmp_path / "Penn_Action"
+    shutil.copytree(penn["root"], base, symlinks=True)
+    out = tmp_path / "out"
+    cfg = dict(source="pennaction", root=str(base), out=str(out), num_pairs=40, shard_size=8, seed=1, local=True)
+    first = run_build(BuildConfig(**cfg), progress=False, log=lambda m: None)
+    assert first["shards_total"] >= 3
+
+    def files():
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(out.glob("*.tar")) + sorted(out.glob("manifest/*.parquet"))}
+
+    before = files()
+    names = sorted(p.stem for p in out.glob("*.tar"))
+    for rel in (f"{names[-1]}.tar", f"manifest/{names[-1]}.parquet", f"stats/{names[-1]}.json"):
+        (out / rel).unlink()
+    broken = sorted((base / "labels").glob("*.mat"))[0]
+    broken.write_bytes(b"not a mat file")
+    logs = []
+    again = run_build(BuildConfig(**cfg), progress=False, log=logs.append)
+    assert any("reusing the plan in plan-pennaction.parquet" in m for m in logs), logs
+    assert again["shards_built"] == 1 and files() == before and verify(str(out))["ok"]
+    logs = []
+    replanned = run_build(BuildConfig(**cfg, replan=True), progress=False, log=logs.append)
+    assert not any("reusing the plan" in m for m in logs)
+    assert replanned["shards_built"] >= 1 and any("built from another plan" in m for m in logs), logs
+    assert verify(str(out))["ok"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,26 +151,13 @@ class RealSource(Source):
         per_unit: list[tuple[str, list[PairSpec]]] = []
         plan_skipped: list[dict] = []
         total = 0
-        for name, _ in names:
+        for name, kind, value in self._mined(reader, [n for n, _ in names], n_cv, n_cp):
             if total >= c.num_pairs:
                 break
-            try:
-                unit = reader.load(name)
-                pairs = mine_pairs(unit, n_cv, n_cp, c.seed, c.min_view_angle_deg, c.min_gap_s, c.max_gap_s)
-                found_cv = sum(p.kind == "cross_view" for p in pairs)
-                if found_cv < n_cv and "cross_pose" in c.kinds:  # e.g. one camera: cross-pose takes the quota
-                    pairs = mine_pairs(unit, found_cv, n_cp + n_cv - found_cv, c.seed, c.min_view_angle_deg,
-                                       c.min_gap_s, c.max_gap_s)
-            except BadUnit as exc:
-                plan_skipped.append({"unit": name, "reason": f"bad unit: {exc}"})
+            if kind == "skip":
+                plan_skipped.append({"unit": name, **value})
                 continue
-            except Exception as exc:  # noqa: BLE001 - a bug met on one unit: that unit is left out, named
-                if not unit_fault(exc):
-                    raise
-                plan_skipped.append({"unit": name, "reason": f"{INTERNAL_ERROR}{type(exc).__name__}",
-                                     "detail": traceback_tail(exc)})
-                continue
-            pairs = pairs[: c.num_pairs - total]
+            pairs = value[: c.num_pairs - total]
             if pairs:
                 per_unit.append((name, pairs))
                 total += len(pairs)
@@ -198,8 +186,91 @@ class RealSource(Source):
             raise ValueError(f"source {self.name}: no usable unit under {c.root} ({reasons})")
         return tasks
 
+    def planning_processes(self, n_units: int) -> int:
+        """Processes that load and mine units for the plan: one (this process) for --local or a
+        small dataset, else the driver's cores (a full dataset's plan is minutes of one core)."""
+        if self.config.local or n_units <= 2 * PLAN_BATCH:
+            return 1
+        return max(1, min(self.config.resolved_workers(), os.cpu_count() or 1, math.ceil(n_units / PLAN_BATCH)))
+
+    def _mined(self, reader: Reader, names: list[str], n_cv: int, n_cp: int):
+        """(unit, "pairs", [PairSpec]) or (unit, "skip", {reason, detail}) for ``names`` in order, lazily:
+        batches of units are loaded and mined in parallel processes (a sliding window ahead of the
+        consumer, which stops when it has enough pairs); each unit's result depends on the unit and
+        the settings alone, so the plan is the same whatever the number of processes."""
+        batches = [names[i:i + PLAN_BATCH] for i in range(0, len(names), PLAN_BATCH)]
+        cfg = self.config.to_json()
+        procs = self.planning_processes(len(names))
+        if procs == 1:
+            for batch in batches:
+                yield from mine_units(self, reader, batch, n_cv, n_cp)
+            return
+        import multiprocessing
+        from collections import deque
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=procs, mp_context=multiprocessing.get_context("forkserver")) as pool:
+            pending: deque = deque()
+            todo = iter(batches)
+            try:
+                while True:
+                    while len(pending) < 2 * procs and (batch := next(todo, None)) is not None:
+                        pending.append(pool.submit(plan_units, cfg, batch, n_cv, n_cp))
+                    if not pending:
+                        break
+                    yield from pending.popleft().result()
+            finally:
+                for f in pending:
+                    f.cancel()
+
     def make_worker(self) -> SourceWorker:
         return RealWorker(self)
+
+
+PLAN_BATCH = 16  # units per planning job
+_PLANNING: dict[str, RealSource] = {}  # per process: the source (and its reader's caches) of a config
+
+
+def plan_units(config_json: dict, names: list[str], n_cv: int, n_cp: int) -> list[tuple]:
+    """Load and mine ``names`` (in a planning process, or in the driver): what :meth:`RealSource._mined`
+    yields. A BadUnit or a bug met on one unit leaves that unit out, named; what is not the unit's
+    fault (out of memory, a full disk) propagates."""
+    import json as _json
+
+    from pairgen.config import BuildConfig
+    from pairgen.sources import make_source
+
+    key = _json.dumps(config_json, sort_keys=True)
+    if key not in _PLANNING:
+        _PLANNING.clear()
+        source = make_source(BuildConfig.from_json(config_json))
+        _PLANNING[key] = (source, source.make_reader())
+    return mine_units(*_PLANNING[key], names, n_cv, n_cp)
+
+
+def mine_units(source: RealSource, reader: Reader, names: list[str], n_cv: int, n_cp: int) -> list[tuple]:
+    """The work of :func:`plan_units` with a given source and reader."""
+    c = source.config
+    out: list[tuple] = []
+    for name in names:
+        try:
+            unit = reader.load(name)
+            pairs = mine_pairs(unit, n_cv, n_cp, c.seed, c.min_view_angle_deg, c.min_gap_s, c.max_gap_s)
+            found_cv = sum(p.kind == "cross_view" for p in pairs)
+            if found_cv < n_cv and "cross_pose" in c.kinds:  # e.g. one camera: cross-pose takes the quota
+                pairs = mine_pairs(unit, found_cv, n_cp + n_cv - found_cv, c.seed, c.min_view_angle_deg,
+                                   c.min_gap_s, c.max_gap_s)
+        except BadUnit as exc:
+            out.append((name, "skip", {"reason": f"bad unit: {exc}"}))
+            continue
+        except Exception as exc:  # noqa: BLE001 - a bug met on one unit: that unit is left out, named
+            if not unit_fault(exc):
+                raise
+            out.append((name, "skip", {"reason": f"{INTERNAL_ERROR}{type(exc).__name__}",
+                                       "detail": traceback_tail(exc)}))
+            continue
+        out.append((name, "pairs", pairs))
+    return out
 
 
 class RealWorker(SourceWorker):
