@@ -79,8 +79,28 @@ def _samples(stream, name: str, problems: list[str]):
         problems.append(f"{name}: {bad} members in all are not plain sample names")
 
 
+def _plan_tasks(store: Store, source: str, problems: list[str]) -> dict[str, str]:
+    """{shard: digest of its planned task} from ``plan-<source>.parquet`` (empty if the build has none)."""
+    import pyarrow.parquet as pq
+
+    from pairgen.build import task_digest
+    from pairgen.sources.base import ShardTask
+
+    rel = layout.plan_tasks_rel(source)
+    if store.stat(rel) is None:
+        return {}
+    try:
+        with store.open(rel, "rb") as f:
+            t = pq.read_table(f)
+        return {layout.shard_name(source, int(i)): task_digest(ShardTask(source, int(i), int(n), json.loads(p)))
+                for i, n, p in zip(*(t.column(c).to_pylist() for c in ("index", "planned", "payload")))}
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
+        problems.append(f"{rel}: unreadable plan ({type(exc).__name__}); re-run the build")
+        return {}
+
+
 def _check_shard(store: Store, name: str, planned: int | None, identity: str | None, problems: list[str],
-                 report: dict) -> None:
+                 report: dict, task: str | None = None) -> None:
     try:
         stats = json.loads(store.read_bytes(layout.stats_rel(name)))
         if not isinstance(stats, dict):
@@ -112,7 +132,7 @@ def _check_shard(store: Store, name: str, planned: int | None, identity: str | N
     except Exception as exc:  # noqa: BLE001 - a damaged tar raises many types
         problems.append(f"{name}: unreadable tar ({type(exc).__name__}: {exc})")
     problems.extend(f"{name}: {p}" for p in shard_problems(store, name, deep=True, tar_sha256=digest,
-                                                                    identity=identity))
+                                                                    identity=identity, task=task))
     report["samples"] += len(keys)
     if len(set(keys)) != len(keys):
         problems.append(f"{name}: duplicate keys (non-adjacent members?)")
@@ -189,6 +209,7 @@ def verify(directory: str, storage_options: dict | None = None) -> dict:
     planned: dict[str, int] = {}
     planned_known: set[str] = set()
     identities: dict[str, str] = {}
+    task_digests: dict[str, str] = {}
     for src in sources:
         cfg = _read_json(store, layout.config_rel(src), "build config", problems)
         if cfg is None:
@@ -204,6 +225,7 @@ def verify(directory: str, storage_options: dict | None = None) -> dict:
             continue
         planned.update(plan["shards"])
         planned_known.add(src)
+        task_digests.update(_plan_tasks(store, src, problems))
         report["planned_pairs"] += int(plan.get("pairs", sum(plan["shards"].values())))
         failed = _read_json(store, layout.failures_rel(src), "failures file", problems)
         if failed is not None:
@@ -248,6 +270,6 @@ def verify(directory: str, storage_options: dict | None = None) -> dict:
     for name in sorted(finished):
         report["shards"] += 1
         _check_shard(store, name, planned.get(name), identities.get(layout.SHARD_RE.match(name).group("source")),
-                     problems, report)
+                     problems, report, task_digests.get(name))
     report["ok"] = not problems
     return report
