@@ -196,6 +196,14 @@ class Store:
             return Path(self.path(rel)).read_bytes()
         return self.fs.cat_file(self.path(rel))
 
+    def read_parquet(self, rel: str, **kw):
+        """A Parquet file as a pyarrow Table (see :func:`parquet_from_bytes` for why not from a stream)."""
+        import pyarrow.parquet as pq
+
+        if self.local:
+            return pq.read_table(self.path(rel), **kw)
+        return parquet_from_bytes(self.read_bytes(rel), **kw)
+
     def read_text(self, rel: str) -> str:
         return self.read_bytes(rel).decode()
 
@@ -279,6 +287,18 @@ class Store:
         except Exception as exc:  # noqa: BLE001
             raise StorageError(f"{self.url}: can write but not delete there ({describe_error(exc)}); "
                                "a build needs both (it replaces damaged objects)") from None
+
+
+def parquet_from_bytes(data: bytes, **kw):
+    """A pyarrow Table from a Parquet file's bytes, read through a temporary file: pyarrow 26 can
+    abort the interpreter at exit ("terminate called without an active exception", SIGABRT) after
+    reading Parquet from a Python file object or a Python-owned buffer; from a path it does not."""
+    import pyarrow.parquet as pq
+
+    with tempfile.NamedTemporaryFile(suffix=".parquet") as f:
+        f.write(data)
+        f.flush()
+        return pq.read_table(f.name, **kw)
 
 
 def _remove_stale_scratch() -> None:

@@ -197,14 +197,11 @@ def save_plan(store: Store, config: BuildConfig, tasks: list[ShardTask]) -> None
 def load_plan(store: Store, config: BuildConfig, log) -> list[ShardTask] | None:
     """The saved plan of a build with these settings, or None (no plan, another build's, unreadable:
     planned again)."""
-    import pyarrow.parquet as pq
-
     rel = layout.plan_tasks_rel(config.source)
     if store.stat(rel) is None:
         return None
     try:
-        with store.open(rel, "rb") as f:
-            table = pq.read_table(f)
+        table = store.read_parquet(rel)
         meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
         if meta.get("identity") != config.identity_digest():
             return None

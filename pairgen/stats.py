@@ -29,8 +29,8 @@ def load_manifest(directory, storage_options: dict | None = None) -> pd.DataFram
         raise ValueError(f"{store.url}: no finished shards with manifests")
     frames = []
     for n in names:
-        with store.open(layout.manifest_rel(n), "rb") as f:
-            frames.append(pd.read_parquet(f))
+        frames.append(pd.read_parquet(store.path(layout.manifest_rel(n))) if store.local
+                      else store.read_parquet(layout.manifest_rel(n)).to_pandas())
     return pd.concat(frames, ignore_index=True)
 
 

@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 
-import pyarrow.parquet as pq
 
 from manifests import layout
 from manifests.sample import (ALL_SUFFIXES, KEY_RE, decode_sample, group_samples, iter_tar_members,
@@ -81,8 +80,6 @@ def _samples(stream, name: str, problems: list[str]):
 
 def _plan_tasks(store: Store, source: str, problems: list[str]) -> dict[str, str]:
     """{shard: digest of its planned task} from ``plan-<source>.parquet`` (empty if the build has none)."""
-    import pyarrow.parquet as pq
-
     from pairgen.build import task_digest
     from pairgen.sources.base import ShardTask
 
@@ -90,8 +87,7 @@ def _plan_tasks(store: Store, source: str, problems: list[str]) -> dict[str, str
     if store.stat(rel) is None:
         return {}
     try:
-        with store.open(rel, "rb") as f:
-            t = pq.read_table(f)
+        t = store.read_parquet(rel)
         return {layout.shard_name(source, int(i)): task_digest(ShardTask(source, int(i), int(n), json.loads(p)))
                 for i, n, p in zip(*(t.column(c).to_pylist() for c in ("index", "planned", "payload")))}
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
@@ -146,8 +142,7 @@ def _check_shard(store: Store, name: str, planned: int | None, identity: str | N
         problems.append(f"{name}: {stats['count']} built + {sum(skipped.values())} skipped != "
                         f"{stats['planned']} planned (a planned pair is unaccounted for)")
     try:
-        with store.open(layout.manifest_rel(name), "rb") as f:
-            table = pq.read_table(f)
+        table = store.read_parquet(layout.manifest_rel(name))
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several error types
         problems.append(f"{name}: unreadable manifest ({type(exc).__name__})")
         return

@@ -10,7 +10,7 @@ from pairgen.sources import REGISTRY, source_class
 
 # what each source reads from --reader-option (the readers' own parsing is tested in test_source_<name>.py)
 ACCEPTED = {"synthetic": set(), "aist": set(), "humbi": set(), "3dpw": set(), "posetrack": {"fps"},
-            "interhand": {"fps", "min_hand_joints"}, "mars": {"fps", "person_width"},
+            "interhand": {"fps", "min_hand_joints", "index_dir"}, "mars": {"fps", "person_width"},
             "pennaction": {"fps", "joint_order", "bbox"},
             "jrdb": {"fps", "views", "val", "max_occlusion", "allow_truncated", "occluded_joints", "pose_frame_offset"}}
 

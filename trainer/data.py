@@ -281,12 +281,10 @@ def _probe_remote(urls: list[str], options: dict, check_tars: bool) -> dict:
             return TrainerError(f"cannot read manifest {murl}: {_reason(exc)}")
         except Exception as exc:  # noqa: BLE001
             return TrainerError(f"cannot read manifest {murl}: {_reason(exc)}")
-        import io
+        from manifests.storage import parquet_from_bytes
 
-        import pandas as pd
-
-        try:
-            df = pd.read_parquet(io.BytesIO(data), columns=["key", "source", "kind"])
+        try:  # not from a BytesIO: see parquet_from_bytes
+            df = parquet_from_bytes(data, columns=["key", "source", "kind"]).to_pandas()
         except (OSError, ValueError) as exc:
             return TrainerError(f"unreadable manifest {murl}: {_one_line(exc)}")
         df["url"] = url
