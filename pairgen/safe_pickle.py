@@ -1,7 +1,7 @@
 """Restricted unpickling of dataset and body-model files that pairgen did not write.
 
 A pickle is a program: ``pickle.load`` imports and calls whatever the file names, so a crafted
-keypoints or model file runs code. :func:`load` unpickles with an exact allow list of globals and
+keypoints or model file runs code. :func:`restricted_load` unpickles with an exact allow list of globals and
 refuses every other one with a one-line :class:`RefusedPickle` naming the file and the global:
 
 - always: numpy arrays, dtypes and scalars (``_reconstruct``, ``ndarray``, ``dtype``, ``scalar``,
@@ -19,7 +19,7 @@ refuses every other one with a one-line :class:`RefusedPickle` naming the file a
 Names are matched exactly (module and attribute), never by module prefix and never through
 dotted attribute paths, so e.g. ``numpy.load`` or ``numpy.testing...`` stay out of reach.
 
-:func:`load_body_model_data` reads an SMPL / MANO model file (``.pkl`` through :func:`load` with
+:func:`load_body_model_data` reads an SMPL / MANO model file (``.pkl`` through :func:`restricted_load` with
 sparse matrices and chumpy allowed, ``.npz`` with ``allow_pickle=False``) into a dict of plain
 numpy arrays, and :func:`body_model_struct` wraps it for smplx's ``data_struct=`` argument, so
 smplx never unpickles the file itself.
@@ -122,7 +122,7 @@ _RECONSTRUCTOR = {("copyreg", "_reconstructor"): lambda: _safe_reconstructor, ("
 
 
 def allowed_globals(*, allow_sparse: bool = False, allow_chumpy: bool = False) -> list[str]:
-    """The exact ``module.name`` globals :func:`load` accepts with these options (documentation, tests)."""
+    """The exact ``module.name`` globals :func:`restricted_load` accepts with these options (documentation, tests)."""
     names = {f"{m}.{n}" for m, n in _PLAIN_GLOBALS}
     if allow_sparse:
         names |= {f"{m}.{n}" for m, n in SPARSE_CLASSES}
@@ -246,7 +246,7 @@ def _value(x, memo: dict[int, Any], active: set[int]):
 
 # -- public API --------------------------------------------------------------------------------------
 
-def load(source: str | Path | bytes | BinaryIO, what: str, *, encoding: str = "latin1", allow_sparse: bool = False,
+def restricted_load(source: str | Path | bytes | BinaryIO, what: str, *, encoding: str = "latin1", allow_sparse: bool = False,
          allow_chumpy: bool = False, name: str | None = None):
     """Unpickle ``source`` (a path, the bytes of a pickle, or a binary file) allowing only arrays and
     plain data (plus sparse matrices / chumpy arrays when asked); chumpy objects come back as numpy
@@ -257,7 +257,7 @@ def load(source: str | Path | bytes | BinaryIO, what: str, *, encoding: str = "l
     """
     if isinstance(source, (str, Path)):
         with open(source, "rb") as f:
-            return load(f, what, encoding=encoding, allow_sparse=allow_sparse, allow_chumpy=allow_chumpy,
+            return restricted_load(f, what, encoding=encoding, allow_sparse=allow_sparse, allow_chumpy=allow_chumpy,
                         name=name or Path(source).name)
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(bytes(source))
@@ -322,7 +322,7 @@ def load_body_model_data(path: str | Path, kind: str = "smpl", *, gender: str = 
     if p.suffix == ".npz":
         data = load_npz(p, what)
     else:
-        data = load(p, what, encoding="latin1", allow_sparse=True, allow_chumpy=True)
+        data = restricted_load(p, what, encoding="latin1", allow_sparse=True, allow_chumpy=True)
     if not isinstance(data, dict):
         raise ValueError(f"{what} {p.name}: a {type(data).__name__}, not a dict of arrays")
     out = {}

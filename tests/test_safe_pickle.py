@@ -110,7 +110,7 @@ def test_code_running_pickles_are_refused(kind, tmp_path):
     path.write_bytes(data)
     for options in ({}, {"allow_sparse": True, "allow_chumpy": True}):
         with pytest.raises(safe_pickle.RefusedPickle) as info:
-            safe_pickle.load(path, "keypoints2d pickle", **options)
+            safe_pickle.restricted_load(path, "keypoints2d pickle", **options)
         msg = str(info.value)
         assert "\n" not in msg
         assert msg.startswith(f"keypoints2d pickle {path.name}: refused to load: it references {named} ("), msg
@@ -131,19 +131,19 @@ def test_allow_list_is_exact_names(module, name):
     """Only exact (module, name) pairs: no prefixes, no attribute paths, no model classes in data files."""
     data = b"\x80\x04" + _u(module) + _u(name) + b"\x93."
     with pytest.raises(safe_pickle.RefusedPickle, match=rf"refused to load: it references {module}\.{name} \("):
-        safe_pickle.load(data, "keypoints3d pickle")
+        safe_pickle.restricted_load(data, "keypoints3d pickle")
     assert f"{module}.{name}" not in safe_pickle.allowed_globals()
 
 
 def test_allowed_callables_cannot_be_turned_into_gadgets(tmp_path):
     # _codecs.encode only turns str into latin-1 bytes (what protocol-2 pickles of bytes need)
     with pytest.raises(pickle.UnpicklingError, match="latin-1"):
-        safe_pickle.load(_call("_codecs", "encode", "x", "rot13"), "keypoints2d pickle")
-    assert safe_pickle.load(_call("_codecs", "encode", "\xe9", "latin1"), "keypoints2d pickle") == b"\xe9"
+        safe_pickle.restricted_load(_call("_codecs", "encode", "x", "rot13"), "keypoints2d pickle")
+    assert safe_pickle.restricted_load(_call("_codecs", "encode", "\xe9", "latin1"), "keypoints2d pickle") == b"\xe9"
     # copyreg._reconstructor (model files only) builds nothing but the chumpy / sparse stand-ins
     bad = (b"\x80\x02ccopy_reg\n_reconstructor\ncbuiltins\nbytearray\nc__builtin__\nobject\nN\x87R.")
     with pytest.raises(pickle.UnpicklingError, match="_reconstructor is allowed only"):
-        safe_pickle.load(bad, "SMPL model", allow_sparse=True, allow_chumpy=True)
+        safe_pickle.restricted_load(bad, "SMPL model", allow_sparse=True, allow_chumpy=True)
 
 
 def test_plain_data_and_arrays_load_in_every_protocol():
@@ -156,7 +156,7 @@ def test_plain_data_and_arrays_load_in_every_protocol():
          "rec": np.zeros(2, dtype=[("u", "<f4"), ("v", "<i2")]), "objects": np.array([1, "a", None], dtype=object),
          "ba": bytearray(b"q")}
     for proto in range(pickle.HIGHEST_PROTOCOL + 1):
-        out = safe_pickle.load(pickle.dumps(d, protocol=proto), "keypoints2d pickle")
+        out = safe_pickle.restricted_load(pickle.dumps(d, protocol=proto), "keypoints2d pickle")
         assert out.keys() == d.keys(), proto
         for k, v in d.items():
             if isinstance(v, np.ndarray):
@@ -326,7 +326,7 @@ def test_smpl_pickle_with_sparse_and_chumpy_loads_as_arrays_without_chumpy(smpl_
     assert data["bs_style"] == "lbs" and data["pose_training_info"] == {"maxiter": 10}
     # a data pickle may not hold them (keypoints / sequence pickles: arrays and plain data only)
     with pytest.raises(safe_pickle.RefusedPickle, match=r"it references (copy_reg\._reconstructor|chumpy\.ch\.Ch) "):
-        safe_pickle.load(official, "keypoints2d pickle")
+        safe_pickle.restricted_load(official, "keypoints2d pickle")
     # the project's SMPL body on the official-style file matches the plain-array file
     a, b = SmplBody(str(official)), SmplBody(str(smpl_file))
     assert np.allclose(a.rest_vertices, b.rest_vertices) and np.array_equal(a.faces, b.faces)

@@ -85,7 +85,7 @@ def _load_pickle(path: Path, what: str):
     """A dataset pickle through the restricted unpickler (arrays and plain data only: a crafted
     file cannot run code); a refused or malformed file is a BadUnit (the unit is skipped)."""
     try:
-        return safe_pickle.load(path, what)
+        return safe_pickle.restricted_load(path, what)
     except FileNotFoundError as exc:
         raise BadUnit(f"missing {what}") from exc
     except safe_pickle.RefusedPickle as exc:

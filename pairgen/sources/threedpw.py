@@ -82,7 +82,7 @@ REQUIRED = ("cam_poses", "cam_intrinsics", "campose_valid")
 def load_pickle(path: Path) -> dict:
     """A 3DPW sequence pickle (Python 2: latin1 strings); BadUnit naming the file if unreadable."""
     try:
-        data = safe_pickle.load(path, "sequence pickle", encoding="latin1")
+        data = safe_pickle.restricted_load(path, "sequence pickle", encoding="latin1")
     except safe_pickle.RefusedPickle as exc:
         raise BadUnit(str(exc)) from None
     except Exception as exc:  # unpickling garbage raises assorted errors
