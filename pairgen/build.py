@@ -20,8 +20,8 @@ from pairgen.config import BuildConfig
 from pairgen.encode import PairEncoder
 from pairgen.sources import make_source
 from pairgen.sources.base import ShardTask, SourceWorker
-from pairgen.writer import (TIMING_METRICS, OutputError, Staged, clean_partials, output_error,  # noqa: F401
-                            remove_strays, resume_state, stage_shard)
+from pairgen.writer import (TIMING_METRICS, Staged, clean_partials, output_error, remove_strays, resume_state,
+                            stage_shard)
 
 
 class BuildError(Exception):

@@ -39,7 +39,8 @@ class _HashingReader:
         return data
 
     def finish(self) -> str:
-        while block := self.read(1 << 20):
+        """Hash the rest (the end-of-archive padding the tar reader stops before)."""
+        while self.read(1 << 20):
             pass
         return self.h.hexdigest()
 
@@ -159,7 +160,8 @@ def _check_shard(store: Store, name: str, planned: int | None, identity: str | N
     for row, meta in zip(rows, metas):
         if meta is None:
             continue
-        cols = [c for c in COLUMN_NAMES if not _same(row[c], manifest_row(meta)[c])]
+        expected = manifest_row(meta)
+        cols = [c for c in COLUMN_NAMES if not _same(row[c], expected[c])]
         if cols:
             differ += 1
             if differ <= 3:
