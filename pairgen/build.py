@@ -1,11 +1,11 @@
 """The build driver: validate, plan, skip finished shards, distribute, record failures.
 
-    source.plan() -> [ShardTask] -> distributor -> (worker: source.build -> encode -> stage -> publish)
+    source.plan() -> OUT/plan-<source>.parquet (streamed; see pairgen.plan) -> distributor, a task
+    at a time -> (worker: source.build -> encode -> stage -> publish)
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -18,6 +18,7 @@ from manifests.sample import sample_key
 from manifests.storage import Store, StorageError, parse_options
 from pairgen.config import BuildConfig
 from pairgen.encode import PairEncoder
+from pairgen.plan import Plan, load_plan, task_digest, write_plan
 from pairgen.sources import make_source
 from pairgen.sources.base import ShardTask, SourceWorker
 from pairgen.writer import (TIMING_METRICS, Staged, clean_partials, output_error, remove_strays, resume_state,
@@ -145,18 +146,10 @@ def run_build(config: BuildConfig, progress: bool = True, log=None) -> dict:
     store = open_output(config)
     config.out = store.url  # resolved on the driver (absolute path or URL) before any worker starts
     prepare_output(config, store, log)
-    tasks = None if config.replan else load_plan(store, config, log)
-    reused = tasks is not None
-    if tasks is None:
+    lock, created = None, False
+    if store.local:  # held from before the plan is written (it is staged in OUT/.tmp) to the end
         try:
-            tasks = source.plan()  # real sources read annotations here: bad input is reported, not raised
-        except ValueError as exc:
-            raise BuildError(str(exc)) from exc
-    if not tasks:
-        raise BuildError(f"source {config.source}: nothing to build (no pairs could be planned)")
-    lock = None
-    if store.local:
-        try:
+            created = not os.path.exists(store.root)
             store.makedirs()
             lock = layout.lock_output(Path(store.root))
         except layout.Busy as exc:
@@ -164,86 +157,86 @@ def run_build(config: BuildConfig, progress: bool = True, log=None) -> dict:
                              "wait for it to end or stop it") from None
         except OSError as exc:
             raise output_error(exc, store, "") from None
+    plan = None
     try:
-        return _build(config, source, tasks, store, progress, log, reused)
+        plan, reused = _plan(config, source, store, log)
+        return _build(config, plan, store, progress, log, reused)
+    except BuildError:
+        if created and plan is None:  # refused before anything was written: leave no empty OUT behind
+            _remove_empty_out(store)
+        raise
     finally:
+        if plan is not None:
+            plan.close()
         if lock is not None:
             lock.close()
 
 
-def task_digest(task: ShardTask) -> str:
-    """What a shard is planned to hold (recorded in its stats: a shard of another plan is rebuilt)."""
-    blob = json.dumps({"planned": task.planned, "payload": task.payload}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def save_plan(store: Store, config: BuildConfig, tasks: list[ShardTask]) -> None:
-    """Every task of the plan in ``OUT/plan-<source>.parquet`` (atomic), for resumed builds."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.table({"index": [t.index for t in tasks], "planned": [t.planned for t in tasks],
-                      "payload": [json.dumps(t.payload, separators=(",", ":")) for t in tasks]})
-    table = table.replace_schema_metadata({"identity": config.identity_digest(), "source": config.source})
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
+def _plan(config: BuildConfig, source, store: Store, log) -> tuple[Plan, bool]:
+    """The saved plan of a build with these settings (unless --replan), else a new one written to
+    ``OUT/plan-<source>.parquet`` as it is made; (plan, reused)."""
     rel = layout.plan_tasks_rel(config.source)
+    if not config.replan:
+        try:
+            plan = load_plan(store, config)
+        except Exception as exc:  # noqa: BLE001 - a damaged plan is planned again
+            log(f"pairgen: {rel} is unreadable ({type(exc).__name__}); planning again")
+            plan = None
+        if plan is not None and len(plan):
+            log(f"pairgen: reusing the plan in {rel} ({len(plan)} shards, {plan.pairs} pairs; "
+                "--replan to plan again)")
+            return plan, True
     try:
-        store.write_bytes(rel, sink.getvalue().to_pybytes())
-    except Exception as exc:  # noqa: BLE001 - object stores raise many types; all stop the build
+        plan = write_plan(store, config, source.plan())  # real sources read annotations here
+    except ValueError as exc:  # bad input met while planning: reported, not raised
+        raise BuildError(str(exc)) from exc
+    except OSError as exc:
         raise output_error(exc, store, rel) from None
+    if not len(plan):
+        raise BuildError(f"source {config.source}: nothing to build (no pairs could be planned)")
+    return plan, False
 
 
-def load_plan(store: Store, config: BuildConfig, log) -> list[ShardTask] | None:
-    """The saved plan of a build with these settings, or None (no plan, another build's, unreadable:
-    planned again)."""
-    rel = layout.plan_tasks_rel(config.source)
-    if store.stat(rel) is None:
-        return None
+def _remove_empty_out(store: Store) -> None:
+    """Remove an OUT this run created, if it holds nothing but our lock and scratch folder."""
+    root = Path(store.root)
     try:
-        table = store.read_parquet(rel)
-        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-        if meta.get("identity") != config.identity_digest():
-            return None
-        tasks = [ShardTask(config.source, int(i), int(n), json.loads(p)) for i, n, p in
-                 zip(*(table.column(c).to_pylist() for c in ("index", "planned", "payload")))]
-    except Exception as exc:  # noqa: BLE001 - a damaged plan is planned again
-        log(f"pairgen: {rel} is unreadable ({type(exc).__name__}); planning again")
-        return None
-    log(f"pairgen: reusing the plan in {rel} ({len(tasks)} shards, {sum(t.planned for t in tasks)} pairs; "
-        "--replan to plan again)")
-    return tasks
+        for p in (root / layout.TMP_DIR, ):
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        if {p.name for p in root.iterdir()} <= {layout.LOCK_FILE}:
+            (root / layout.LOCK_FILE).unlink(missing_ok=True)
+            root.rmdir()
+    except OSError:
+        pass
 
 
-def _build(config: BuildConfig, source, tasks: list[ShardTask], store: Store, progress: bool, log,
-           reused: bool = False) -> dict:
+def _build(config: BuildConfig, plan: Plan, store: Store, progress: bool, log, reused: bool = False) -> dict:
     _write_record(store, layout.config_rel(config.source), config.to_record())
-    if not reused:
-        save_plan(store, config, tasks)
-    names = [layout.shard_name(t.source, t.index) for t in tasks]
+    names = [plan.name(r) for r in plan.refs]
     _write_record(store, layout.plan_rel(config.source),
-                  {"source": config.source, "pairs": sum(t.planned for t in tasks),
-                   "shards": {n: t.planned for n, t in zip(names, tasks)}})
+                  {"source": config.source, "pairs": plan.pairs,
+                   "shards": {n: r.planned for n, r in zip(names, plan.refs)}})
     try:
         clean_partials(store)
         strays = remove_strays(store, config.source, names)
         if strays:
             log(f"pairgen: removed {len(strays)} shard(s) not in this build's plan: {', '.join(strays[:5])}")
         done, damaged = resume_state(store, names, deep=config.rehash, identity=config.identity_digest(),
-                                     tasks={n: task_digest(t) for n, t in zip(names, tasks)})
+                                     tasks={n: r.digest for n, r in zip(names, plan.refs)})
     except OSError as exc:
         raise output_error(exc, store, "") from None
     if damaged:
         shown = "; ".join(f"{n} ({', '.join(p)})" for n, p in sorted(damaged.items())[:5])
         more = f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
         log(f"pairgen: rebuilding {len(damaged)} damaged finished shard(s): {shown}{more}")
-    todo = [t for t, n in zip(tasks, names) if n not in done]
+    todo = plan.tasks([r for r, n in zip(plan.refs, names) if n not in done])
 
     from pairgen.distribute import run_tasks
 
     t0 = time.time()
-    results, failures = run_tasks(todo, config, total_pairs=sum(t.planned for t in tasks),
-                                  done_pairs=sum(t.planned for t, n in zip(tasks, names) if n in done),
+    results, failures = run_tasks(todo, config, total_pairs=plan.pairs,
+                                  done_pairs=sum(r.planned for r, n in zip(plan.refs, names) if n in done),
                                   progress=progress, log=log)
     elapsed = time.time() - t0
     fail_rel = layout.failures_rel(config.source)
@@ -258,7 +251,7 @@ def _build(config: BuildConfig, source, tasks: list[ShardTask], store: Store, pr
     skipped = Counter()
     for r in results:
         skipped.update(r.get("skipped", {}))
-    return {"shards_total": len(tasks), "shards_skipped_finished": len(tasks) - len(todo),
+    return {"shards_total": len(plan), "shards_skipped_finished": len(plan) - len(todo),
             "shards_built": len(results), "shards_empty": sum(r["count"] == 0 for r in results),
             "shards_repaired": sorted(damaged), "shards_failed": [f["shard"] for f in failures],
             "failures": failures, "pairs_built": built, "seconds": round(elapsed, 2),

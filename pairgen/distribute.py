@@ -206,15 +206,32 @@ class _Progress:
         self.bar.close()
 
 
-def run_tasks(tasks: list[ShardTask], config: BuildConfig, total_pairs: int, done_pairs: int = 0,
+def run_tasks(tasks, config: BuildConfig, total_pairs: int, done_pairs: int = 0,
               progress: bool = True, log=print) -> tuple[list[dict], list[dict]]:
     """Run every task; returns (results of finished shards: stats + timings, failures
-    [{shard, error, attempts}])."""
-    if not tasks:
+    [{shard, error, attempts}]). ``tasks``: a list of ShardTask or a :class:`pairgen.plan.Tasks`
+    (``len``, ``planned`` and lazy iteration: a task's payload is read only when it is handed out)."""
+    if not isinstance(getattr(tasks, "planned", None), dict):
+        tasks = _Listed(tasks)
+    if not len(tasks):
         return [], []
     if config.local:
         return _run_local(tasks, config, total_pairs, done_pairs, progress)
     return _run_ray(tasks, config, total_pairs, done_pairs, progress, log)
+
+
+class _Listed:
+    """A plain list of tasks with the interface of :class:`pairgen.plan.Tasks`."""
+
+    def __init__(self, tasks: list[ShardTask]):
+        self.tasks = list(tasks)
+        self.planned = {layout.shard_name(t.source, t.index): t.planned for t in self.tasks}
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __iter__(self):
+        return iter(self.tasks)
 
 
 def _failure(task: ShardTask, error: str, attempts: int) -> dict:
@@ -225,7 +242,7 @@ def _failure(task: ShardTask, error: str, attempts: int) -> dict:
 def _run_local(tasks, config, total_pairs, done_pairs, progress):
     bar = _Progress(total_pairs, done_pairs, progress, len(tasks))
     actor = ShardActor(config.to_json(), board=lambda shard, n: bar.live_counts({shard: n}))
-    planned = {layout.shard_name(t.source, t.index): t.planned for t in tasks}
+    planned = tasks.planned
     results, failures = [], []
 
     def confirm(done: list[dict]) -> None:
@@ -367,19 +384,27 @@ def _run_ray(tasks, config, total_pairs, done_pairs, progress, log):
 
 def _drive(ray, actors, new_actor, board, tasks, config, total_pairs, done_pairs, progress,
            RayActorError, RayTaskError):
-    queue = deque((t, 0) for t in tasks)
+    fresh = iter(tasks)  # read as handed out: the driver never holds every task's payload
+    queue: deque = deque()  # tasks to run again (a failed attempt, a dead actor's unpublished shards)
+    more = True
     pending: dict = {}  # ref -> (kind, task, attempt, slot)
     unconfirmed: dict[int, dict[str, tuple]] = {i: {} for i in range(len(actors))}
     busy: set[int] = set()
-    planned = {layout.shard_name(t.source, t.index): t.planned for t in tasks}
+    planned = tasks.planned
     results, failures = [], []
     bar = _Progress(total_pairs, done_pairs, progress, len(tasks))
     last_read = 0.0
     try:
-        while queue or pending or any(unconfirmed.values()):
+        while queue or more or pending or any(unconfirmed.values()):
             for slot in range(len(actors)):
                 if slot in busy:
                     continue
+                if not queue and more:
+                    nxt = next(fresh, None)
+                    if nxt is None:
+                        more = False
+                    else:
+                        queue.append((nxt, 0))
                 if queue:
                     task, attempt = queue.popleft()
                     bar.started(task)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import tempfile
 
 
 from manifests import layout
@@ -80,17 +82,30 @@ def _samples(stream, name: str, problems: list[str]):
 
 
 def _plan_tasks(store: Store, source: str, problems: list[str]) -> dict[str, str]:
-    """{shard: digest of its planned task} from ``plan-<source>.parquet`` (empty if the build has none)."""
-    from pairgen.build import task_digest
+    """{shard: digest of its planned task} from ``plan-<source>.parquet`` (empty if the build has none),
+    read a row group at a time."""
+    import pyarrow.parquet as pq
+
+    from pairgen.plan import task_digest
     from pairgen.sources.base import ShardTask
 
     rel = layout.plan_tasks_rel(source)
     if store.stat(rel) is None:
         return {}
     try:
-        t = store.read_parquet(rel)
-        return {layout.shard_name(source, int(i)): task_digest(ShardTask(source, int(i), int(n), json.loads(p)))
-                for i, n, p in zip(*(t.column(c).to_pylist() for c in ("index", "planned", "payload")))}
+        with tempfile.TemporaryDirectory() as tmp:
+            local = store.path(rel) if store.local else os.path.join(tmp, "plan.parquet")
+            if not store.local:
+                store.fs.get_file(store.path(rel), local)
+            out: dict[str, str] = {}
+            with pq.ParquetFile(local) as f:
+                has_digest = "digest" in f.schema_arrow.names
+                for g in range(f.num_row_groups):
+                    t = f.read_row_group(g, columns=["index", "planned", "digest" if has_digest else "payload"])
+                    for i, n, x in zip(*(t.column(c).to_pylist() for c in t.column_names)):
+                        out[layout.shard_name(source, int(i))] = x if has_digest else task_digest(
+                            ShardTask(source, int(i), int(n), json.loads(x)))
+            return out
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
         problems.append(f"{rel}: unreadable plan ({type(exc).__name__}); re-run the build")
         return {}

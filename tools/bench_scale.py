@@ -24,7 +24,7 @@ MARS tracklets; ``--fractions`` of the full size, default 0.01,0.1) the script
    RSS (VmHWM; ru_maxrss is kept too, but after fork + exec it starts from the spawning process's
    peak), the peak summed RSS of the process tree polled every 0.2 s (the driver plus its planning
    processes: "tree GB"), CPU seconds, and where the driver's planning time went (reader listing,
-   ``reader.load``, ``mine_pairs``, ``save_plan``: timers in the driver process only, so with
+   ``reader.load``, ``mine_pairs``, ``write_plan``: timers in the driver process only, so with
    planning processes only ``plan`` is complete; ``--plan-processes 1`` sees every part and
    ``--profile`` adds a cProfile). The first task to build is saved;
 3. **worker**: a fresh process constructs the source's worker (``make_source(cfg).make_worker()``)
@@ -147,7 +147,7 @@ def child_driver(spec: dict) -> dict:
     build.make_source = make_source
     if hasattr(real_source, "mine_pairs"):
         real_source.mine_pairs = timed("mine_pairs", real_source.mine_pairs)
-    for name in ("load_plan", "save_plan"):  # the plan saved for / read back on resume (issue 12)
+    for name in ("load_plan", "write_plan"):  # the plan saved for / read back on resume (issue 12)
         if hasattr(build, name):
             setattr(build, name, timed(name, getattr(build, name)))
     info: dict = {}
@@ -157,10 +157,11 @@ def child_driver(spec: dict) -> dict:
         info["tasks_to_build"] = len(tasks)
         info["total_pairs"] = total_pairs
         info["done_pairs"] = done_pairs
-        if tasks and spec.get("task_out"):
+        first = next(iter(tasks), None)  # read from the plan file, as the distributor would
+        if first is not None and spec.get("task_out"):
             with open(spec["task_out"], "wb") as f:
-                pickle.dump(tasks[0], f)
-            info["first_task_planned"] = tasks[0].planned
+                pickle.dump(first, f)
+            info["first_task_planned"] = first.planned
         raise _Stop()
 
     distribute.run_tasks = stop

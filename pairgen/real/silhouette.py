@@ -122,6 +122,9 @@ def hand_keypoint_mask(kps: np.ndarray, size: int, min_conf: float = 0.05) -> np
     return mask
 
 
+BACKGROUND_BAND_PX = 1920 * 135  # pixels of each frame the background median works on at a time
+
+
 def background_model(frames: list[np.ndarray], person_boxes: list[list[np.ndarray]],
                      grow: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel median over frames spread across a sequence, leaving out each frame's people.
@@ -130,20 +133,31 @@ def background_model(frames: list[np.ndarray], person_boxes: list[list[np.ndarra
     ``grow`` of their size): their pixels do not vote. Returns (background RGB, known mask): a
     pixel covered by a person in every frame (someone who never leaves a spot) is unknown.
     """
-    stack = np.stack(frames).astype(np.uint16)  # [K, H, W, 3]
-    K, H, W = stack.shape[:3]
-    hidden = np.zeros((K, H, W), bool)
-    for i, boxes in enumerate(person_boxes):
-        for x0, y0, x1, y1 in boxes:
-            gx, gy = grow * (x1 - x0), grow * (y1 - y0)
-            hidden[i, max(0, int(y0 - gy)):max(0, int(y1 + gy) + 1), max(0, int(x0 - gx)):max(0, int(x1 + gx) + 1)] = True
-    stack[hidden] = 1000  # sorts after every real value
-    stack.sort(axis=0)
-    n = (~hidden).sum(0)  # [H, W] voters per pixel
-    mid = np.clip((n - 1) // 2, 0, K - 1)
-    bg = np.take_along_axis(stack, mid[None, :, :, None].repeat(3, axis=3), axis=0)[0]
-    known = n >= 2
-    return np.where(known[..., None], bg, 0).astype(np.uint8), known
+    K = len(frames)
+    H, W = frames[0].shape[:2]
+    boxes = [[(max(0, int(y0 - grow * (y1 - y0))), max(0, int(y1 + grow * (y1 - y0)) + 1),
+               max(0, int(x0 - grow * (x1 - x0))), max(0, int(x1 + grow * (x1 - x0)) + 1))
+              for x0, y0, x1, y1 in bs] for bs in person_boxes]
+    bg = np.empty((H, W, 3), np.uint8)
+    known = np.empty((H, W), bool)
+    band = max(1, BACKGROUND_BAND_PX // max(W, 1))  # rows at a time: a full-HD median peaks at ~1/8 of the frames' size
+    for r0 in range(0, H, band):
+        r1 = min(H, r0 + band)
+        stack = np.stack([f[r0:r1] for f in frames]).astype(np.uint16)  # [K, rows, W, 3]
+        hidden = np.zeros((K, r1 - r0, W), bool)
+        for i, bs in enumerate(boxes):
+            for y0, y1, x0, x1 in bs:
+                if y0 < r1 and y1 > r0:
+                    hidden[i, max(y0, r0) - r0:min(y1, r1) - r0, x0:x1] = True
+        stack[hidden] = 1000  # sorts after every real value
+        stack.sort(axis=0)
+        n = (~hidden).sum(0)  # [rows, W] voters per pixel
+        mid = np.clip((n - 1) // 2, 0, K - 1)
+        b = np.take_along_axis(stack, mid[None, :, :, None].repeat(3, axis=3), axis=0)[0]
+        k = n >= 2
+        bg[r0:r1] = np.where(k[..., None], b, 0)
+        known[r0:r1] = k
+    return bg, known
 
 
 def bgsub_mask(crop: np.ndarray, bg_crop: np.ndarray, person: np.ndarray, known: np.ndarray | None = None,

@@ -28,6 +28,7 @@ import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -130,7 +131,9 @@ class RealSource(Source):
             raise ValueError("--silhouette smpl renders the dataset's body-model fits: give --smpl-model (or --mano-model)")
         self.make_reader().check()
 
-    def plan(self) -> list[ShardTask]:
+    def plan(self) -> Iterator[ShardTask]:
+        """The shard tasks, as units are mined (shard 0, which records the units that gave no pair,
+        comes last): the plan is never all in memory."""
         c = self.config
         reader = self.make_reader()
         listed = reader.unit_names()
@@ -148,9 +151,14 @@ class RealSource(Source):
             n_cp = quota - n_cv
         else:
             n_cv, n_cp = (quota, 0) if c.kinds[0] == "cross_view" else (0, quota)
-        per_unit: list[tuple[str, list[PairSpec]]] = []
         plan_skipped: list[dict] = []
-        total = 0
+        total, index = 0, 0
+        first: ShardTask | None = None  # shard 0 carries the units that gave no pair: yielded last
+        current: list[PairSpec] = []
+
+        def task() -> ShardTask:
+            return ShardTask(self.name, index, len(current), {"pairs": [p.to_json() for p in current]})
+
         for name, kind, value in self._mined(reader, [n for n, _ in names], n_cv, n_cp):
             if total >= c.num_pairs:
                 break
@@ -158,33 +166,30 @@ class RealSource(Source):
                 plan_skipped.append({"unit": name, **value})
                 continue
             pairs = value[: c.num_pairs - total]
-            if pairs:
-                per_unit.append((name, pairs))
-                total += len(pairs)
-            else:
+            if not pairs:
                 plan_skipped.append({"unit": name, "reason": "no pair could be mined"})
-        tasks: list[ShardTask] = []
-        current: list[PairSpec] = []
-
-        def close() -> None:
-            if current:
-                payload = {"pairs": [p.to_json() for p in current]}
-                if not tasks:
-                    payload["plan_skipped"] = plan_skipped
-                tasks.append(ShardTask(self.name, len(tasks), len(current), payload))
-
-        for _, pairs in per_unit:
-            if current and len(current) + len(pairs) > c.shard_size:
-                close()
-                current = []
+                continue
+            total += len(pairs)
+            if current and len(current) + len(pairs) > c.shard_size:  # shards hold whole units
+                if index == 0:
+                    first = task()
+                else:
+                    yield task()
+                index, current = index + 1, []
             current.extend(pairs)
-        close()
-        if not tasks and plan_skipped:
+        if current:
+            if index == 0:
+                first = task()
+            else:
+                yield task()
+        if first is not None:
+            first.payload["plan_skipped"] = plan_skipped
+            yield first
+        elif plan_skipped:
             reasons = "; ".join(f"{s['unit']}: {s['reason']}" + (f" ({s['detail'].strip().splitlines()[-1]})"
                                                                  if s.get("detail") else "")
                                 for s in plan_skipped[:3])
             raise ValueError(f"source {self.name}: no usable unit under {c.root} ({reasons})")
-        return tasks
 
     def planning_processes(self, n_units: int) -> int:
         """Processes that load and mine units for the plan: one (this process) for --local or a
@@ -345,6 +350,7 @@ class RealWorker(SourceWorker):
                 needed[cam].update(samples[cam])
         sides: dict[tuple[str, str, int], Side | PairSkip] = {}
         bg_frames: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
+        early: dict[str, tuple[tuple[int, int], tuple | None]] = {}  # cam -> (frame size, its background)
         problems: list = []
         frame_wh: dict[tuple[str, int], tuple[int, int]] = {}  # (cam, frame) -> decoded (width, height)
         # closing: an exception here stops the read-ahead threads at once
@@ -353,6 +359,8 @@ class RealWorker(SourceWorker):
                 frame_wh[(cam, frame)] = (img.shape[1], img.shape[0])
                 if frame in samples.get(cam, ()):
                     bg_frames[cam][frame] = np.asarray(img)  # the background samples: a few full frames per camera
+                    if len(bg_frames[cam]) == len(samples[cam]):
+                        self._early_background(unit, cam, bg_frames, frame_wh, early)
                 for track in tracks_at.get((cam, frame), ()):
                     try:
                         sides[(track, cam, frame)] = self._side(unit, track, cam, frame, img, method)
@@ -362,8 +370,12 @@ class RealWorker(SourceWorker):
             result.drop(reason, unit=part, detail=detail or None)
         sizes = self._frame_sizes(unit, sides, frame_wh)
         if method == "bgsub":
-            self._bgsub(unit, sides, {cam: {f: a for f, a in fs.items() if frame_wh[(cam, f)] == sizes[cam]}
-                                      for cam, fs in bg_frames.items()})
+            backgrounds = {cam: model for cam, (wh, model) in early.items() if wh == sizes[cam]}
+            for cam, fs in bg_frames.items():  # cameras whose samples were not all decoded, or of mixed sizes
+                if cam not in early:
+                    backgrounds[cam] = self._background(unit, cam, {f: a for f, a in fs.items()
+                                                                    if frame_wh[(cam, f)] == sizes[cam]})
+            self._bgsub(sides, {cam: m for cam, m in backgrounds.items() if m is not None})
         for p in specs:
             try:
                 t = self._get(sides, p.track, p.cam_target, p.frame_target)
@@ -402,20 +414,37 @@ class RealWorker(SourceWorker):
                 sides[(track, cam, frame)] = PairSkip(f"frame size {wh[0]}x{wh[1]} differs from {whose} {W}x{H}")
         return sizes
 
-    def _bgsub(self, unit: Unit, sides: dict, bg_frames: dict) -> None:
-        """Background subtraction once every camera's background samples (of its frame size) are decoded."""
-        S = self.config.image_size
-        people: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)  # everyone in each sampled frame
+    def _early_background(self, unit: Unit, cam: str, bg_frames: dict, frame_wh: dict, early: dict) -> None:
+        """A camera's background as soon as all its samples are decoded, its frames then dropped (a
+        unit's 15 full frames per camera are never all held: 9 full-HD cameras were ~2 GB). Only when
+        the samples share one size: the camera's size is known at the end (:meth:`_frame_sizes`), and
+        if it is another, no sample had it, so the camera has no background (as when all are kept)."""
+        sizes = {frame_wh[(cam, f)] for f in bg_frames[cam]}
+        stated = unit.frame_sizes.get(cam)
+        if len(sizes) != 1:
+            return  # kept whole: the final size decides which samples vote
+        (wh,) = sizes
+        frames = bg_frames.pop(cam)
+        model = None if stated is not None and tuple(stated) != wh else self._background(unit, cam, frames)
+        early[cam] = (wh, model)
+
+    @staticmethod
+    def _background(unit: Unit, cam: str, frames: dict[int, np.ndarray]) -> tuple | None:
+        """(background RGB, known mask) of one camera from its sample frames of its size; None under 3."""
+        if len(frames) < 3:
+            return None
+        people: dict[int, list[np.ndarray]] = defaultdict(list)  # everyone in each sampled frame
         for (_, c, f), o in unit.observations.items():
-            if f in bg_frames.get(c, ()):
+            if c == cam and f in frames:
                 b = cropping.person_box(o)
                 if b is not None:
-                    people[(c, f)].append(b)
-        backgrounds = {}
-        for cam, frames in bg_frames.items():
-            if len(frames) >= 3:
-                fs = sorted(frames)
-                backgrounds[cam] = sil.background_model([frames[f] for f in fs], [people[(cam, f)] for f in fs])
+                    people[f].append(b)
+        fs = sorted(frames)
+        return sil.background_model([frames[f] for f in fs], [people[f] for f in fs])
+
+    def _bgsub(self, sides: dict, backgrounds: dict) -> None:
+        """Background subtraction of every side, against its camera's background."""
+        S = self.config.image_size
         for key, side in sides.items():
             if isinstance(side, PairSkip):
                 continue
@@ -502,7 +531,8 @@ class RealWorker(SourceWorker):
             "sequence": unit.name, "track": p.track, "camera_target": p.cam_target,
             "camera_reference": p.cam_reference, "frame_target": p.frame_target,
             "frame_reference": p.frame_reference, "time_gap_s": p.time_gap_s,
-            "view_angle_deg": None if p.view_angle_deg is None else round(p.view_angle_deg, 4),
+            "view_angle_deg": (round(p.view_angle_deg, 4) if p.kind == "cross_view" and p.view_angle_deg is not None
+                               else None),  # cross-pose: one camera, no angle (null, not 0)
             "motion": p.motion, "silhouette_method": t_used if t_used == r_used else f"{t_used}+{r_used}",
             "seed": self.config.seed, "fps": unit.fps,
             "crop_target_x0": t_box[0], "crop_target_y0": t_box[1], "crop_target_x1": t_box[2], "crop_target_y1": t_box[3],

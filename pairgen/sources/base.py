@@ -1,7 +1,7 @@
 """The source interface: every dataset (and the synthetic renderer) is one module implementing it.
 
-The driver calls :meth:`Source.plan` once (cheap, deterministic given the config: it lists work
-units and mines pairs), then each worker builds a :class:`SourceWorker` once (expensive state:
+The driver calls :meth:`Source.plan` once (deterministic given the config: it lists work units
+and mines pairs; its tasks are streamed to the plan file, see :mod:`pairgen.plan`), then each worker builds a :class:`SourceWorker` once (expensive state:
 body model, renderer, decoders) and calls :meth:`SourceWorker.build_into` per shard task. Readers never
 write: the encoder and writer turn what ``build`` returns into shards.
 """
@@ -9,7 +9,7 @@ write: the encoder and writer turn what ``build`` returns into shards.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from typing import Callable, Iterable
 from dataclasses import dataclass, field
 
 from pairgen.config import BuildConfig
@@ -61,8 +61,9 @@ class Source(ABC):
         """Validate inputs before any work starts (raise ValueError with a one-line message)."""
 
     @abstractmethod
-    def plan(self) -> list[ShardTask]:
-        """All shard tasks of this build, in shard order."""
+    def plan(self) -> Iterable[ShardTask]:
+        """Every shard task of this build, each index once, in any order (a generator is best: the
+        driver streams the tasks to ``OUT/plan-<source>.parquet`` and never holds them all)."""
 
     @abstractmethod
     def make_worker(self) -> SourceWorker:
