@@ -12,7 +12,17 @@ A sample is a group of tar members sharing one key (the text before the first do
                              (2D keypoints in crop pixels, camera, body parameters)
 
 Keys contain no dots and are deterministic: ``<source>-<shard:06d>-<index:06d>``.
-``webdataset.WebDataset(urls).decode("rgb")`` decodes every image member by its last extension.
+
+Plain webdataset reads the shards, but its image decoders (``.decode("rgb")`` and the like) convert
+every ``.png`` through PIL to 8-bit RGB: depth would lose its millimetres (0..1 floats) and masks
+would get 3 channels. Decode the PNGs as stored with a handler placed before the image decoder
+(README, "Using the shards elsewhere"; ``tests/test_readme_snippets.py`` runs it)::
+
+    def png_as_stored(data):  # masks: HxW uint8 (person = 255); depth: HxW uint16 millimetres
+        return np.asarray(PIL.Image.open(io.BytesIO(data)))
+
+    wds.WebDataset(urls, shardshuffle=False).decode(
+        wds.handle_extension("mask.png depth.png", png_as_stored), "rgb8")
 """
 
 from __future__ import annotations

@@ -27,31 +27,33 @@ COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("frame_target", pa.int64(), "frame index of the target image in its sequence"),
     ("frame_reference", pa.int64(), "frame index of the reference image"),
     ("time_gap_s", pa.float64(), "cross_pose: |t_reference - t_target| in seconds; null for cross_view"),
-    ("view_angle_deg", pa.float64(), "angle between the two cameras' viewing directions towards the person (deg); null when uncalibrated"),
-    ("azimuth_gap_deg", pa.float64(), "cross_view: azimuth difference of the two cameras around the person's up axis (deg), when known"),
+    ("view_angle_deg", pa.float64(), "cross_view: angle between the two cameras' viewing directions towards the person (deg); null for cross_pose (one camera) and for uncalibrated cameras"),
+    ("azimuth_gap_deg", pa.float64(), "cross_view: azimuth difference of the two cameras around the person's up axis (deg), when known; null for cross_pose"),
     ("motion", pa.float64(), "cross_pose: mean 2D keypoint displacement between the two instants, in fractions of the person's height"),
     ("human_fraction_target", pa.float64(), "fraction of 16x16 patches of the target that contain the person (silhouette)"),
-    ("human_fraction_reference", pa.float64(), "same for the reference"),
-    ("silhouette_method", pa.string(), "how silhouettes were made: render | smpl | bgsub | keypoints | learned"),
-    ("crop_target_x0", pa.float64(), "target crop box in source pixels (x0, y0, x1, y1); may extend past the frame (padded)"),
-    ("crop_target_y0", pa.float64(), ""),
-    ("crop_target_x1", pa.float64(), ""),
-    ("crop_target_y1", pa.float64(), ""),
-    ("crop_reference_x0", pa.float64(), "reference crop box in source pixels"),
-    ("crop_reference_y0", pa.float64(), ""),
-    ("crop_reference_x1", pa.float64(), ""),
-    ("crop_reference_y1", pa.float64(), ""),
+    ("human_fraction_reference", pa.float64(), "fraction of 16x16 patches of the reference that contain the person (silhouette)"),
+    ("silhouette_method", pa.string(), "how silhouettes were made: render | smpl | bgsub | keypoints | grabcut | box; <target>+<reference> when the two differ"),
+    ("crop_target_x0", pa.float64(), "target crop box in source pixels, left edge; the box may extend past the frame (padded)"),
+    ("crop_target_y0", pa.float64(), "target crop box in source pixels, top edge"),
+    ("crop_target_x1", pa.float64(), "target crop box in source pixels, right edge"),
+    ("crop_target_y1", pa.float64(), "target crop box in source pixels, bottom edge"),
+    ("crop_reference_x0", pa.float64(), "reference crop box in source pixels, left edge; may extend past the frame (padded)"),
+    ("crop_reference_y0", pa.float64(), "reference crop box in source pixels, top edge"),
+    ("crop_reference_x1", pa.float64(), "reference crop box in source pixels, right edge"),
+    ("crop_reference_y1", pa.float64(), "reference crop box in source pixels, bottom edge"),
     ("image_size", pa.int32(), "side of the square images in pixels"),
     ("jpeg_bytes_target", pa.int32(), "size of the target JPEG in bytes"),
     ("jpeg_bytes_reference", pa.int32(), "size of the reference JPEG in bytes"),
-    ("has_depth", pa.bool_(), "the sample carries 16-bit depth PNGs"),
+    ("has_depth", pa.bool_(), "the sample carries 16-bit depth PNGs (millimetres, 0 = no surface)"),
     ("has_keypoints", pa.bool_(), "the JSON carries COCO-17 2D keypoints for both images"),
     ("seed", pa.int64(), "build seed the pair was drawn with"),
 )
 
 COLUMN_NAMES = tuple(name for name, _, _ in COLUMNS)
 COLUMN_DOCS = {name: doc for name, _, doc in COLUMNS}
-SCHEMA = pa.schema([pa.field(name, typ) for name, typ, _ in COLUMNS])
+DESCRIPTION = b"description"  # the Parquet field metadata key holding a column's meaning
+# Each field carries its description, so ``pyarrow.parquet.read_schema(path)`` shows what a column means.
+SCHEMA = pa.schema([pa.field(name, typ, metadata={DESCRIPTION: doc.encode()}) for name, typ, doc in COLUMNS])
 
 # Columns every row must fill (the rest may be null).
 REQUIRED = (

@@ -27,6 +27,21 @@ def _overlay(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def _num(value, fmt: str) -> str:
+    return "?" if value is None else format(value, fmt)
+
+
+def caption(meta: dict) -> str:
+    """``"<source> <kind>: view 90deg az 85"`` / ``"...: pose gap 0.50s"``; a value the sample does not
+    record (null: e.g. the angle of uncalibrated cameras) shows as ``?``, never as 0."""
+    kind = meta.get("kind", "?")
+    if kind == "cross_view":
+        text = f"view {_num(meta.get('view_angle_deg'), '.0f')}deg az {_num(meta.get('azimuth_gap_deg'), '.0f')}"
+    else:
+        text = f"pose gap {_num(meta.get('time_gap_s'), '.2f')}s"
+    return f"{meta.get('source', '')} {kind}: {text}"
+
+
 def preview(directory: str, out_png: str, num: int = 16, seed: int = 0, storage_options: dict | None = None) -> int:
     import cv2
 
@@ -52,12 +67,7 @@ def preview(directory: str, out_png: str, num: int = 16, seed: int = 0, storage_
     for s in samples:
         a, b = _overlay(s.target, s.target_mask), _overlay(s.reference, s.reference_mask)
         pair = np.concatenate([a, np.full((a.shape[0], 4, 3), 255, np.uint8), b], axis=1)
-        kind = s.meta.get("kind", "?")
-        if kind == "cross_view":
-            cap = f"view {s.meta.get('view_angle_deg') or 0:.0f}deg az {s.meta.get('azimuth_gap_deg') or 0:.0f}"
-        else:
-            cap = f"pose gap {s.meta.get('time_gap_s') or 0:.2f}s"
-        cap = f"{s.meta.get('source', '')} {kind}: {cap}"
+        cap = caption(s.meta)
         bar = np.full((18, pair.shape[1], 3), 255, np.uint8)
         cv2.putText(bar, cap, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
         tiles.append(np.concatenate([bar, pair], axis=0))

@@ -62,6 +62,7 @@ def _check_against_truth(samples, truth) -> dict:
             assert m["view_angle_deg"] == pytest.approx(angle, abs=0.01)
         else:
             assert m["camera_target"] == m["camera_reference"] and m["frame_target"] != m["frame_reference"]
+            assert m["view_angle_deg"] is None  # one camera: no angle (null, not 0)
             assert m["time_gap_s"] == pytest.approx(abs(m["frame_target"] - m["frame_reference"]) / 60.0, abs=1e-6)
         for side, mask in (("target", s.target_mask), ("reference", s.reference_mask)):
             cam_id, frame = int(m[f"camera_{side}"]), m[f"frame_{side}"]

@@ -64,4 +64,16 @@ if [ "$AFTER" != "$TORCH_VERSION" ]; then
   echo "[setup] ERROR: torch changed from $TORCH_VERSION to $AFTER during the install" >&2
   exit 1
 fi
+
+# 7. Plain 'import torchvision' / 'import timm' in the venv: the registry's torchvision is a CUDA
+#    build whose ops cannot load next to a CPU torch. A one-line .pth in site-packages installs a lazy
+#    hook (_crocoman_torchvision.py) that defines the missing op schemas the first time torchvision is
+#    imported, and does nothing where torchvision's own extension loads (docs/trainer.md).
+"$VENV/bin/python" -c 'import sysconfig, _crocoman_torchvision as h; h.write_pth(sysconfig.get_paths()["purelib"])'
+if "$VENV/bin/python" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('torchvision') is None)"; then
+  if ! "$VENV/bin/python" -c "import timm, torchvision" >/dev/null; then
+    echo "[setup] ERROR: 'import timm, torchvision' fails in $VENV (see above)" >&2
+    exit 1
+  fi
+fi
 echo "[setup] ready: $VENV (torch $AFTER). Try: $VENV/bin/pairgen --help"

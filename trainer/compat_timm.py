@@ -1,46 +1,25 @@
 """Import timm when torchvision's compiled ops do not match the installed torch.
 
-timm imports torchvision, whose Python code registers fake kernels for ``torchvision::nms``;
-when torchvision's C extension cannot load (e.g. a CUDA torchvision wheel next to a CPU torch,
-as installed by tools/setup.sh), that registration fails with
-``RuntimeError: operator torchvision::nms does not exist``. ``import_timm`` first tries to load
-the extension; only if the op is still missing does it define the two schemas (no kernels), so
-the import succeeds. Nothing in timm's ViT uses them. The trainer's model does not use timm at
-all; only the export check does.
+timm imports torchvision, whose Python code registers fake kernels for ``torchvision::nms``; when
+torchvision's C extension cannot load (the registry's torchvision is a CUDA build; next to a CPU
+torch, as tools/setup.sh installs it on a CPU machine) that fails with ``RuntimeError: operator
+torchvision::nms does not exist``. The fix lives in the top-level module ``_crocoman_torchvision``
+(``ensure_torchvision_ops``: load torchvision's extension, else define the two schemas, no kernels).
+
+After tools/setup.sh a plain ``import timm`` / ``import torchvision`` works in the venv: setup writes
+a one-line ``crocoman-torchvision.pth`` whose start-up hook runs ``ensure_torchvision_ops()`` the
+first time torchvision is imported (docs/trainer.md, "timm and torchvision"). ``import_timm`` does the
+same explicitly, for environments set up without that file. The trainer's model does not use timm;
+only the export's checks and users loading ``timm_vit.safetensors`` do.
 """
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
-import torch
+from _crocoman_torchvision import ensure_torchvision_ops
 
-_LIBRARY: torch.library.Library | None = None  # kept alive: dropping it would unregister the schemas
-
-
-def _torchvision_ops_present() -> bool:
-    return hasattr(torch.ops.torchvision, "nms")
-
-
-def ensure_torchvision_ops() -> None:
-    """Make ``torchvision::nms`` / ``qnms`` exist (loading torchvision's extension, else schemas only). Idempotent."""
-    global _LIBRARY
-    if _LIBRARY is not None or _torchvision_ops_present():
-        return
-    spec = importlib.util.find_spec("torchvision")
-    if spec is not None and spec.origin:
-        for lib in sorted(Path(spec.origin).parent.glob("_C*.so")):
-            try:
-                torch.ops.load_library(str(lib))
-            except (OSError, RuntimeError):
-                pass  # mismatched build: fall back to defining the schemas below
-            if _torchvision_ops_present():
-                return
-    _LIBRARY = torch.library.Library("torchvision", "DEF")
-    _LIBRARY.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _LIBRARY.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+__all__ = ["ensure_torchvision_ops", "import_timm"]
 
 
 def import_timm() -> ModuleType:

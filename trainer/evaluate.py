@@ -6,7 +6,9 @@ reference helps (paper figures 6-7: > 1 means the model uses the second view / p
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -36,9 +38,12 @@ def load_model(path: str, preset: str = "") -> tuple[CroCoMan, dict, str]:
 
 @torch.no_grad()
 def evaluate(cfg: EvalConfig) -> dict:
-    """``{kind: {"pairs", "loss_ref", "loss_no_ref", "gain"}}`` plus ``"all"`` and ``"corrupt_skipped"``."""
+    """``{kind: {"pairs", "loss_ref", "loss_no_ref", "gain"}}`` plus ``"all"``, ``"corrupt_skipped"`` and
+    ``"provenance"`` (checkpoint path, size, mtime and SHA-256, its step and preset, the shards, the
+    masking actually used and the seed), all written to ``--json-out`` too."""
     device = resolve_device(cfg.device, 0)
-    model, ck, _ = load_model(cfg.ckpt, cfg.model)
+    ckpt_record = checkpoint_record(cfg.ckpt)  # before loading: what was hashed is what gets loaded
+    model, ck, preset = load_model(cfg.ckpt, cfg.model)
     model.to(device).eval()
     run = ck.get("config") or {}
     shards = resolve_shards(cfg.shards, storage_options(cfg.storage_option))
@@ -82,16 +87,36 @@ def evaluate(cfg: EvalConfig) -> dict:
         results[kind] = {"pairs": n, "loss_ref": with_ref / n, "loss_no_ref": no_ref / n,
                          "gain": (no_ref / with_ref) if with_ref > 0 else float("inf")}
     results["corrupt_skipped"] = corrupt
+    results["provenance"] = {
+        "checkpoint": ckpt_record, "step": ck.get("step"), "preset": preset,
+        "shards": cfg.shards, "shard_urls": list(shards.urls),
+        "masking": stream_cfg.masking, "mask_ratio": stream_cfg.mask_ratio,
+        "human_threshold": stream_cfg.human_threshold, "norm_pix_loss": norm_pix, "seed": cfg.seed,
+        "batch_size": cfg.batch_size, "max_batches": cfg.max_batches, "device": device.type,
+    }
     if cfg.json_out:
         Path(cfg.json_out).write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def checkpoint_record(path: str) -> dict:
+    """What identifies the evaluated checkpoint: absolute path, size, mtime and SHA-256 (a missing
+    file is left to :func:`load_model`, which names the problem)."""
+    p = Path(path).absolute()
+    try:
+        with open(p, "rb") as f:
+            st = os.fstat(f.fileno())
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return {"path": str(p)}
+    return {"path": str(p), "bytes": st.st_size, "mtime": st.st_mtime, "sha256": digest}
 
 
 def format_results(results: dict) -> str:
     """A small table: kind, pairs, loss with reference, loss with a black reference, gain."""
     lines = [f"{'kind':<12}{'pairs':>8}{'loss_ref':>12}{'loss_no_ref':>13}{'gain':>8}"]
     for kind, r in results.items():
-        if isinstance(r, dict):
+        if isinstance(r, dict) and "pairs" in r:
             lines.append(f"{kind:<12}{r['pairs']:>8}{r['loss_ref']:>12.4f}{r['loss_no_ref']:>13.4f}{r['gain']:>8.3f}")
     lines.append(f"corrupt pairs skipped: {results['corrupt_skipped']}")
     return "\n".join(lines)
