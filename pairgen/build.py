@@ -161,8 +161,8 @@ def run_build(config: BuildConfig, progress: bool = True, log=None) -> dict:
     try:
         plan, reused = _plan(config, source, store, log)
         return _build(config, plan, store, progress, log, reused)
-    except BuildError:
-        if created and plan is None:  # refused before anything was written: leave no empty OUT behind
+    except (BuildError, KeyboardInterrupt):
+        if created and plan is None:  # refused or stopped before anything was written: no empty OUT left
             _remove_empty_out(store)
         raise
     finally:

@@ -293,6 +293,9 @@ def _init_ray(config: BuildConfig, n_workers: int):
         ray.init(address="local", num_cpus=n_workers, include_dashboard=False, logging_level="WARNING",
                  object_store_memory=256 * 1024 * 1024, runtime_env={"env_vars": env},
                  ignore_reinit_error=True)
+    from pairgen import interrupt
+
+    interrupt.reinstall()  # Ray's core worker replaced the SIGTERM handler
     return ray
 
 

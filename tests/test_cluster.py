@@ -151,3 +151,41 @@ def test_workers_running_other_code_are_refused(tmp_path):
     err = [line for line in r.stderr.splitlines() if "error" in line]
     assert len(err) == 1 and "runs crocoman" in err[0] and "this driver" in err[0], r.stderr
     assert not list(out.glob("*.tar"))
+
+
+def test_real_source_plans_as_ray_tasks_on_the_cluster(ray_two_nodes, synthetic_worker, tmp_path):
+    """Issue 12: with --ray-address, a real source's units are loaded and mined as Ray tasks on the
+    cluster's nodes (not on the driver's cores alone); the plan is the one a --local build makes."""
+    import shutil
+
+    import pyarrow.parquet as pq
+    from fixtures_pennaction import make_pennaction_fixture
+
+    from pairgen.real.source import PLAN_BATCH
+
+    penn = make_pennaction_fixture(tmp_path / "penn", synthetic_worker.generator.body)
+    base = tmp_path / "Penn_Action"
+    (base / "labels").mkdir(parents=True)
+    (base / "frames").mkdir()
+    originals = sorted((penn["root"] / "labels").glob("*.mat"))
+    for i in range(3 * PLAN_BATCH):  # 3 batches: planned in parallel
+        src = originals[i % len(originals)]
+        shutil.copy(src, base / "labels" / f"{i + 1:04d}.mat")
+        (base / "frames" / f"{i + 1:04d}").symlink_to(penn["root"] / "frames" / src.stem)
+    common = ["--source", "pennaction", "--root", str(base), "--num-pairs", "96", "--shard-size", "32", "--seed", "4",
+              "--quiet"]
+    cluster = subprocess.run([PAIRGEN, "build", *common, "--out", str(tmp_path / "c"), "--ray-address",
+                              ray_two_nodes.address], capture_output=True, text=True, env=ray_two_nodes.env, timeout=600)
+    assert cluster.returncode == 0, cluster.stderr[-3000:]
+    assert f"planning {3 * PLAN_BATCH} units in 3 Ray tasks on the cluster (2 CPUs)" in cluster.stderr
+    local = subprocess.run([PAIRGEN, "build", *common, "--out", str(tmp_path / "l"), "--local"],
+                           capture_output=True, text=True, env=ray_two_nodes.env, timeout=600)
+    assert local.returncode == 0, local.stderr[-3000:]
+
+    def plan(out):
+        t = pq.read_table(out / "plan-pennaction.parquet", columns=["index", "planned", "digest", "payload"])
+        return sorted(zip(*(t.column(c).to_pylist() for c in t.column_names)))
+
+    assert plan(tmp_path / "c") == plan(tmp_path / "l")
+    sums = [{p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / o).glob("*.tar")} for o in "cl"]
+    assert sums[0] == sums[1] and len(sums[0]) == 3

@@ -25,6 +25,7 @@ import contextlib
 import errno
 import math
 import os
+import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,7 +194,8 @@ class RealSource(Source):
 
     def planning_processes(self, n_units: int) -> int:
         """Processes that load and mine units for the plan: one (this process) for --local or a
-        small dataset, else the driver's cores (a full dataset's plan is minutes of one core)."""
+        small dataset, else the driver's cores (a full dataset's plan is minutes of one core); with
+        ``--ray-address``, Ray tasks on the whole cluster instead (:meth:`_mined_on_ray`)."""
         if self.config.local or n_units <= 2 * PLAN_BATCH:
             return 1
         return max(1, min(self.config.resolved_workers(), os.cpu_count() or 1, math.ceil(n_units / PLAN_BATCH)))
@@ -205,6 +207,9 @@ class RealSource(Source):
         the settings alone, so the plan is the same whatever the number of processes."""
         batches = [names[i:i + PLAN_BATCH] for i in range(0, len(names), PLAN_BATCH)]
         cfg = self.config.to_json()
+        if self.config.ray_address and not self.config.local and len(batches) > 2:
+            yield from self._mined_on_ray(batches, cfg, n_cv, n_cp)  # a cluster: Ray tasks on every node
+            return
         procs = self.planning_processes(len(names))
         if procs == 1:
             for batch in batches:
@@ -214,19 +219,53 @@ class RealSource(Source):
         from collections import deque
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=procs, mp_context=multiprocessing.get_context("forkserver")) as pool:
-            pending: deque = deque()
-            todo = iter(batches)
-            try:
-                while True:
-                    while len(pending) < 2 * procs and (batch := next(todo, None)) is not None:
-                        pending.append(pool.submit(plan_units, cfg, batch, n_cv, n_cp))
-                    if not pending:
-                        break
-                    yield from pending.popleft().result()
-            finally:
-                for f in pending:
-                    f.cancel()
+        pool = ProcessPoolExecutor(max_workers=procs, mp_context=multiprocessing.get_context("forkserver"))
+        pending: deque = deque()
+        todo = iter(batches)
+        finished = False
+        try:
+            while True:
+                while len(pending) < 2 * procs and (batch := next(todo, None)) is not None:
+                    pending.append(pool.submit(plan_units, cfg, batch, n_cv, n_cp))
+                if not pending:
+                    break
+                yield from pending.popleft().result()
+            finished = True
+        finally:
+            if finished:
+                pool.shutdown(wait=True)
+            else:  # stopped early (enough pairs, an error, Ctrl-C): no batch is waited for
+                procs_left = list(getattr(pool, "_processes", {}).values())
+                pool.shutdown(wait=False, cancel_futures=True)
+                for proc in procs_left:
+                    if proc.is_alive():
+                        proc.terminate()
+
+    def _mined_on_ray(self, batches: list[list[str]], cfg: dict, n_cv: int, n_cp: int):
+        """:meth:`_mined` with the batches as Ray tasks on the cluster (``--ray-address``): a sliding
+        window of twice the cluster's CPUs, consumed in order (so the same plan); the tasks still
+        running when the consumer stops (enough pairs, an error, Ctrl-C) are cancelled."""
+        from collections import deque
+
+        from pairgen.distribute import _init_ray
+
+        ray = _init_ray(self.config, 0)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        print(f"pairgen: planning {sum(map(len, batches))} units in {len(batches)} Ray tasks on the cluster "
+              f"({cpus} CPUs)", file=sys.stderr, flush=True)
+        task = ray.remote(num_cpus=1, max_retries=2)(plan_units)
+        pending: deque = deque()
+        todo = iter(batches)
+        try:
+            while True:
+                while len(pending) < 2 * cpus and (batch := next(todo, None)) is not None:
+                    pending.append(task.remote(cfg, batch, n_cv, n_cp))
+                if not pending:
+                    break
+                yield from ray.get(pending.popleft())
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
 
     def make_worker(self) -> SourceWorker:
         return RealWorker(self)
