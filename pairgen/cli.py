@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from dataclasses import fields
 
@@ -68,7 +69,8 @@ def _add_build(sub) -> None:
     p.add_argument("--kinds", type=_kinds, default=d.kinds, help="cross_view,cross_pose [both]")
     p.add_argument("--cross-view-fraction", type=float, default=d.cross_view_fraction,
                    help="share of cross-view pairs when both kinds are built [%(default)s]")
-    p.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="[%(default)s]")
+    p.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality,
+                   help="JPEG quality (1-100) of the target and reference images (4:4:4) [%(default)s]")
     p.add_argument("--retries", type=int, default=d.retries, help="extra attempts per failed shard [%(default)s]")
     p.add_argument("--replan", action="store_true",
                    help="plan again (re-read the dataset's annotations) instead of reusing OUT/plan-<source>.parquet; "
@@ -98,7 +100,24 @@ def _add_build(sub) -> None:
     g.add_argument("--max-gap-s", type=float, default=d.max_gap_s, help="[%(default)s]")
     g.add_argument("--min-azimuth-deg", type=float, default=d.min_azimuth_deg, help="cross-view azimuth range [%(default)s]")
     g.add_argument("--max-azimuth-deg", type=float, default=d.max_azimuth_deg, help="[%(default)s]")
+    g.add_argument("--framing", default=d.framing, choices=("wide", "tight"),
+                   help="wide: the person spans 0.6-0.88 of the image, cameras 2.5-8 m away; tight: 0.86-0.96 "
+                        "from 2-5 m, like the real sources' person crops; whole body visible in both [%(default)s]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _interrupted_line(cfg: BuildConfig, signum: int) -> str:
+    from manifests import layout
+    from manifests.storage import Store, parse_options
+
+    kept = ""
+    try:
+        n = len([s for s in layout.finished_shards(Store(cfg.out, parse_options(cfg.storage_options)))
+                 if layout.SHARD_RE.match(s).group("source") == cfg.source])
+        kept = f"{n} finished shard(s) kept in {cfg.out}; "
+    except Exception:  # noqa: BLE001 - the line is printed whatever the output's state
+        kept = f"finished shards are kept in {cfg.out}; "
+    return f"pairgen: interrupted by {signal.Signals(signum).name}: {kept}re-run the same command to resume"
 
 
 def cmd_build(args) -> int:
@@ -110,8 +129,16 @@ def cmd_build(args) -> int:
     kw["reader_options"] = tuple(kw.get("reader_options") or ())
     kw["storage_options"] = tuple(kw.get("storage_options") or ())
     cfg = BuildConfig(**kw)
+    from pairgen import interrupt
+    from pairgen.interrupt import Interrupted
+
+    interrupt.install()
     try:
         summary = run_build(cfg, progress=not args.quiet)
+    except KeyboardInterrupt as exc:  # ours (Interrupted), or re-raised by a library as a plain one (ray.get)
+        signum = exc.signum if isinstance(exc, Interrupted) else interrupt.received() or signal.SIGINT
+        print(_interrupted_line(cfg, signum), file=sys.stderr, flush=True)
+        return 128 + signum
     except BuildError as exc:
         return _error(str(exc))
     except OutputError as exc:
@@ -123,8 +150,15 @@ def cmd_build(args) -> int:
     print(f"built {summary['pairs_built']} pairs in {summary['shards_built']} shards "
           f"({summary['shards_skipped_finished']} already finished{empty}{repaired}) in {summary['seconds']} s"
           f" -> {cfg.out}")
-    if summary["skipped"]:
-        print("skipped: " + ", ".join(f"{k}: {v}" for k, v in sorted(summary["skipped"].items())))
+    from collections import Counter
+
+    from pairgen.stats import accounting_lines
+
+    dropped = Counter()  # parts left out that are not planned pairs, e.g. synthetic draws made again
+    for shard in summary.get("shards", []):
+        dropped.update((shard.get("metrics") or {}).get("dropped", {}))
+    for line in accounting_lines(summary["skipped"], dropped):
+        print(line)
     if summary["shards_failed"]:
         print(f"FAILED shards ({len(summary['shards_failed'])}): {', '.join(summary['shards_failed'])}; "
               f"details in {cfg.out}/failures-{cfg.source}.json; re-run the same command to resume",

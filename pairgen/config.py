@@ -47,13 +47,14 @@ class BuildConfig:
     max_gap_s: float = 1.5
     min_azimuth_deg: float = 0.0  # cross-view azimuth difference range (degrees)
     max_azimuth_deg: float = 180.0
+    framing: str = "wide"  # wide (person spans 0.6-0.88 of the image, 2.5-8 m) | tight (0.86-0.96, like real crops)
 
     # Fields that change the pairs; a resumed build must match them.
     OUTPUT_FIELDS = ("source", "root", "num_pairs", "seed", "image_size", "shard_size", "kinds",
                      "cross_view_fraction", "jpeg_quality", "split", "body", "smpl_model", "motions",
                      "backgrounds", "min_gap_s", "max_gap_s", "min_azimuth_deg", "max_azimuth_deg",
                      "annotations", "videos", "silhouette", "min_view_angle_deg", "crop_margin",
-                     "min_person_px", "mano_model", "reader_options")
+                     "min_person_px", "mano_model", "reader_options", "framing")
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message for any bad setting."""
@@ -87,6 +88,11 @@ class BuildConfig:
             raise ValueError(f"--reader-option takes KEY=VALUE (got {', '.join(bad_opts)})")
         if self.crop_margin < 0:
             raise ValueError("--crop-margin must be >= 0")
+        if self.framing not in ("wide", "tight"):
+            raise ValueError(f"--framing takes wide or tight (got {self.framing})")
+        if self.framing != "wide" and self.source != "synthetic":
+            raise ValueError(f"--framing is a setting of --source synthetic; --source {self.source} crops "
+                             "around the person with --crop-margin")
         if self.body not in ("anny", "smpl"):
             raise ValueError(f"--body takes anny or smpl (got {self.body})")
         if self.body == "smpl" and not self.smpl_model:
@@ -125,7 +131,10 @@ class BuildConfig:
         import hashlib
         import json
 
-        return hashlib.sha256(json.dumps(self.output_identity(), sort_keys=True).encode()).hexdigest()[:16]
+        identity = self.output_identity()
+        if identity["framing"] == "wide":  # the default: builds made before --framing keep their digest
+            del identity["framing"]
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
     def from_json(cls, d: dict) -> "BuildConfig":

@@ -10,6 +10,7 @@ processes are then reaped by :mod:`pairgen.reaper` and a partial file is cleaned
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -26,11 +27,28 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+_held = [0]  # > 0 inside held(): a signal is recorded, raised when the section ends
+
+
 def _handler(signum, frame):
     if _hits:
         os._exit(128 + signum)
     _hits.append(signum)
-    raise Interrupted(signum)
+    if not _held[0]:
+        raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def held():
+    """A short section that a signal must not cut in two (e.g. starting a process): the signal is
+    raised as :class:`Interrupted` when the section ends."""
+    _held[0] += 1
+    try:
+        yield
+    finally:
+        _held[0] -= 1
+    if not _held[0] and _hits and _installed:
+        raise Interrupted(_hits[0])
 
 
 def received() -> int | None:

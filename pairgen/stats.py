@@ -13,6 +13,32 @@ from manifests import layout
 from manifests.storage import Store, StorageError
 
 
+REDRAWN = "redrawn: "
+"""Reason prefix of a synthetic draw made again (``pairgen/sources/synthetic.py``): a dropped part
+whose pair was drawn anew, so no pair is lost."""
+
+
+def accounting_lines(skipped: dict, dropped: dict) -> list[str]:
+    """Human lines for a build's losses: planned pairs not built (``skipped``: lost), synthetic draws
+    discarded and drawn again (not pairs: a pair is lost only when no draw works, and is then counted
+    in ``skipped``) and other dropped parts (cameras, frames: not pairs); ``dropped`` is the shard
+    stats' ``metrics["dropped"]``, summed."""
+
+    def join(counts: dict) -> str:
+        return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+
+    redrawn = {k[len(REDRAWN):]: v for k, v in dropped.items() if k.startswith(REDRAWN)}
+    other = {k: v for k, v in dropped.items() if not k.startswith(REDRAWN)}
+    lines = []
+    if skipped:
+        lines.append("skipped pairs (planned, not built): " + join(skipped))
+    if redrawn:
+        lines.append("redrawn (draws discarded and drawn again: not lost pairs): " + join(redrawn))
+    if other:
+        lines.append("dropped parts (not pairs): " + join(other))
+    return lines
+
+
 def _store(directory, storage_options: dict | None = None) -> Store:
     try:
         return layout.as_store(directory, storage_options)
@@ -67,9 +93,13 @@ def stats(directory: str, plot: str | None = None, storage_options: dict | None 
     lines.append(f"silhouette methods: {dict(Counter(df['silhouette_method']))}")
     hf = pd.concat([df["human_fraction_target"], df["human_fraction_reference"]])
     lines.append(f"human fraction (16px patches): {_describe(hf)}")
+    for src, rows in df.groupby("source"):  # the target's: what the human-centric masking sees
+        lines.append(f"  {src + ' (target)':<28}{_describe(rows['human_fraction_target'])}")
     lines.append(f"cross-pose time gap (s):       {_describe(df['time_gap_s'])}")
     cv = df[df["kind"] == "cross_view"]
-    lines.append(f"cross-view view angle (deg):   {_describe(cv['view_angle_deg'])}")
+    unknown = int(cv["view_angle_deg"].isna().sum())  # uncalibrated cameras: null, left out of the figures
+    lines.append(f"cross-view view angle (deg):   {_describe(cv['view_angle_deg'])}"
+                 + (f" ({unknown} uncalibrated: null)" if unknown else ""))
     lines.append(f"cross-view azimuth gap (deg):  {_describe(cv['azimuth_gap_deg'])}")
     lines.append(f"cross-pose motion:             {_describe(df['motion'])}")
     skipped: Counter = Counter()  # planned pairs not built, per reason
@@ -80,10 +110,7 @@ def stats(directory: str, plot: str | None = None, storage_options: dict | None 
     planned = sum(s.get("planned", 0) for s in shard_stats)
     lines.append(f"planned pairs: {planned} = {sum(s.get('count', 0) for s in shard_stats)} built + "
                  f"{sum(skipped.values())} skipped")
-    if skipped:
-        lines.append("skipped pairs: " + ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())))
-    if dropped:
-        lines.append("dropped parts (not pairs): " + ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items())))
+    lines += accounting_lines(skipped, dropped)
     if plot:
         _plot(df, plot)
         lines.append(f"plot: {plot}")

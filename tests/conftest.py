@@ -32,6 +32,30 @@ def synthetic_worker():
     return SyntheticWorker(BuildConfig(seed=7))
 
 
+@pytest.fixture(scope="session")
+def penn_units(tmp_path_factory, synthetic_worker):
+    """``penn_units(n)``: a Penn Action root of ``n`` videos (copies of the fixture's 4 label files,
+    frames shared by symlinks), for tests of planning many units. The fixture is made once per session."""
+    import shutil
+
+    from fixtures_pennaction import make_pennaction_fixture
+
+    penn = make_pennaction_fixture(tmp_path_factory.mktemp("penn-units"), synthetic_worker.generator.body)
+    originals = sorted((penn["root"] / "labels").glob("*.mat"))
+
+    def make(n: int):
+        base = tmp_path_factory.mktemp(f"penn{n}") / "Penn_Action"
+        (base / "labels").mkdir(parents=True)
+        (base / "frames").mkdir()
+        for i in range(n):
+            src = originals[i % len(originals)]
+            shutil.copy(src, base / "labels" / f"{i + 1:04d}.mat")
+            (base / "frames" / f"{i + 1:04d}").symlink_to(penn["root"] / "frames" / src.stem)
+        return base
+
+    return make
+
+
 # -- Scale-out test infrastructure (issue 11): a real S3-compatible server and real Ray clusters on this
 # machine; helpers in tests/cluster.py. Timings measured on the 2-core dev box (shared, so expect spread).
 

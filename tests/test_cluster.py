@@ -153,25 +153,14 @@ def test_workers_running_other_code_are_refused(tmp_path):
     assert not list(out.glob("*.tar"))
 
 
-def test_real_source_plans_as_ray_tasks_on_the_cluster(ray_two_nodes, synthetic_worker, tmp_path):
+def test_real_source_plans_as_ray_tasks_on_the_cluster(ray_two_nodes, penn_units, tmp_path):
     """Issue 12: with --ray-address, a real source's units are loaded and mined as Ray tasks on the
     cluster's nodes (not on the driver's cores alone); the plan is the one a --local build makes."""
-    import shutil
-
     import pyarrow.parquet as pq
-    from fixtures_pennaction import make_pennaction_fixture
 
     from pairgen.real.source import PLAN_BATCH
 
-    penn = make_pennaction_fixture(tmp_path / "penn", synthetic_worker.generator.body)
-    base = tmp_path / "Penn_Action"
-    (base / "labels").mkdir(parents=True)
-    (base / "frames").mkdir()
-    originals = sorted((penn["root"] / "labels").glob("*.mat"))
-    for i in range(3 * PLAN_BATCH):  # 3 batches: planned in parallel
-        src = originals[i % len(originals)]
-        shutil.copy(src, base / "labels" / f"{i + 1:04d}.mat")
-        (base / "frames" / f"{i + 1:04d}").symlink_to(penn["root"] / "frames" / src.stem)
+    base = penn_units(3 * PLAN_BATCH)  # 3 batches: planned in parallel
     common = ["--source", "pennaction", "--root", str(base), "--num-pairs", "96", "--shard-size", "32", "--seed", "4",
               "--quiet"]
     cluster = subprocess.run([PAIRGEN, "build", *common, "--out", str(tmp_path / "c"), "--ray-address",

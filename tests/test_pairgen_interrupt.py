@@ -6,7 +6,6 @@ output verifies."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +13,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 PAIRGEN = str(Path(sys.executable).parent / "pairgen")
 STOP_WITHIN_S = 20  # from the signal to the process's exit, on a loaded 2-core machine
@@ -113,24 +111,8 @@ def test_sigterm_and_ctrl_c_with_ray_workers(tmp_path):
     _finishes_and_verifies(args, out)
 
 
-@pytest.fixture(scope="module")
-def many_units(tmp_path_factory, synthetic_worker):
-    """A Penn Action root of 96 videos (the fixture's 4, linked): planned by 2 processes."""
-    from fixtures_pennaction import make_pennaction_fixture
-
-    penn = make_pennaction_fixture(tmp_path_factory.mktemp("penn"), synthetic_worker.generator.body)
-    base = tmp_path_factory.mktemp("many") / "Penn_Action"
-    (base / "labels").mkdir(parents=True)
-    (base / "frames").mkdir()
-    originals = sorted((penn["root"] / "labels").glob("*.mat"))
-    for i in range(96):
-        src = originals[i % len(originals)]
-        shutil.copy(src, base / "labels" / f"{i + 1:04d}.mat")
-        (base / "frames" / f"{i + 1:04d}").symlink_to(penn["root"] / "frames" / src.stem)
-    return base
-
-
-def test_ctrl_c_while_planning_leaves_nothing_behind(many_units, tmp_path):
+def test_ctrl_c_while_planning_leaves_nothing_behind(penn_units, tmp_path):
+    many_units = penn_units(96)  # planned by 2 processes
     out = tmp_path / "out"
     args = ["--source", "pennaction", "--root", str(many_units), "--workers", "2", "--out", str(out),
             "--num-pairs", "5000", "--shard-size", "40", "--quiet"]

@@ -5,7 +5,6 @@ with the dataset)."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -86,29 +85,14 @@ def test_a_failed_plan_publishes_nothing(tmp_path):
     assert store.stat(layout.plan_tasks_rel("synthetic")) is None
 
 
-@pytest.fixture(scope="module")
-def penn(tmp_path_factory, synthetic_worker):
-    from fixtures_pennaction import make_pennaction_fixture
-
-    return make_pennaction_fixture(tmp_path_factory.mktemp("penn"), synthetic_worker.generator.body)
-
-
-def test_real_source_yields_shards_while_it_mines(penn, tmp_path):
+def test_real_source_yields_shards_while_it_mines(penn_units, tmp_path):
     """The first shard task comes out before every unit is loaded (the plan is never all in memory);
     shard 0, which records the units that gave no pair, comes last; the same tasks as a full pass."""
+    from pairgen.real.source import PLAN_BATCH
     from pairgen.sources import make_source
 
-    base = tmp_path / "Penn_Action"
-    (base / "labels").mkdir(parents=True)
-    (base / "frames").mkdir()
-    originals = sorted((penn["root"] / "labels").glob("*.mat"))
-    from pairgen.real.source import PLAN_BATCH
-
     n_units = 2 * PLAN_BATCH + 4  # units are mined a batch at a time
-    for i in range(n_units):
-        src = originals[i % len(originals)]
-        shutil.copy(src, base / "labels" / f"{i + 1:04d}.mat")
-        (base / "frames" / f"{i + 1:04d}").symlink_to(penn["root"] / "frames" / src.stem)
+    base = penn_units(n_units)
     (base / "labels" / f"{n_units + 1:04d}.mat").write_bytes(b"not a mat file")  # a unit that gives no pair
     (base / "frames" / f"{n_units + 1:04d}").mkdir()
     cfg = BuildConfig(source="pennaction", root=str(base), out=str(tmp_path / "o"), num_pairs=10_000,

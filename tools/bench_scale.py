@@ -132,7 +132,18 @@ def child_driver(spec: dict) -> dict:
     def make_source(config):
         src = orig_make_source(config)
         src.check = timed("check", src.check)
-        src.plan = timed("plan", src.plan)
+        # plan() yields tasks as it mines (write_plan streams them to the plan file): its time is
+        # that of consuming it, timed inside write_plan
+        orig_plan = src.plan
+
+        def plan():
+            t = time.perf_counter()
+            try:
+                yield from orig_plan()
+            finally:
+                timers["plan"] = timers.get("plan", 0.0) + time.perf_counter() - t
+                counts["plan"] = counts.get("plan", 0) + 1
+        src.plan = plan
         if hasattr(src, "make_reader"):
             orig_reader = src.make_reader
 

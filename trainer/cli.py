@@ -1,4 +1,4 @@
-"""``trainer pretrain | eval | export``: flags come 1:1 from the dataclasses in ``trainer.config``.
+"""``trainer pretrain | eval | export | probe``: flags come 1:1 from the dataclasses in ``trainer.config``.
 
 User errors (TrainerError, and usage errors) print one line on stderr and exit with status 2.
 A run stopped by SIGTERM / SIGINT (after writing its checkpoint) exits with 128 + the signal number.
@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import EvalConfig, ExportConfig, PretrainConfig, TrainerError, add_arguments, from_namespace
+from .config import (EvalConfig, ExportConfig, PretrainConfig, ProbeConfig, TrainerError, add_arguments,
+                     from_namespace)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -26,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.commands = {}
     for name, cls, text in (("pretrain", PretrainConfig, "pre-train (resumes from OUT/checkpoint.pt)"),
                             ("eval", EvalConfig, "masked-reconstruction loss per kind, with / without reference"),
-                            ("export", ExportConfig, "encoder weights for fine-tuning")):
+                            ("export", ExportConfig, "encoder weights for fine-tuning"),
+                            ("probe", ProbeConfig, "train a small head on the frozen encoder (keypoints, silhouette, "
+                                                   "depth) and score it on held-out shards (docs/evaluation.md)")):
         p = sub.add_parser(name, help=text, description=text)
         add_arguments(p, cls)
         p.set_defaults(config_cls=cls)
@@ -52,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg.validate()
             print(format_results(evaluate(cfg)))
+        elif args.command == "probe":
+            from .probe import main as probe_main
+
+            probe_main(cfg)
         else:
             from .export import export
 

@@ -89,7 +89,8 @@ class PretrainConfig:
                          "or pipe: URLs", required=True)
     out: str = _f("", "run directory (config, metrics, TensorBoard, checkpoints, images)", required=True)
     mix: str = _f("", "mixing weights, e.g. 'aist=1,synthetic=0.5,cross_pose=2': sources/kinds named get "
-                      "that share of pairs (unnamed ones are dropped); needs manifests")
+                      "that share of pairs (unnamed ones are dropped); needs manifests (default: none, "
+                      "pairs in the proportions the shards hold)")
     storage_option: list[str] = field(default_factory=list, metadata={
         "help": "KEY=VALUE option of the fsspec filesystem of remote --shards (repeatable; e.g. "
                 "endpoint_url=http://host:9000, anon=true, client_kwargs.region_name=eu-west-1); "
@@ -97,6 +98,10 @@ class PretrainConfig:
         "metavar": "KEY=VALUE"})
     shuffle_buffer: int = _f(1000, "samples in each worker's shuffle buffer")
     workers: int = _f(4, "data loader worker processes per rank (0 = load in the main process)")
+    data_split: str = _f("resample", "'resample': every rank and worker draws shards at random, independently; "
+                                     "'rank': each epoch splits the shards over ranks x workers (pairs disjoint "
+                                     "across ranks within an epoch, the same batch count on every rank; needs "
+                                     "manifests)", choices=("resample", "rank"))
     color_jitter: float = _f(0.4, "brightness/contrast/saturation factors drawn in [1-s, 1+s], "
                                   "independently per image (CroCo: 0.4); 0 disables")
     skip_limit: int = _f(SKIP_LIMIT, "stop with an error when this many samples in a row were skipped (corrupt or "
@@ -111,12 +116,17 @@ class PretrainConfig:
     mask_ratio: float = _f(0.75, "fraction masked: of the human patches ('human') or of all patches ('uniform')")
     human_threshold: float = _f(0.0, "a patch is human when more than this fraction of its pixels is person")
     norm_pix_loss: bool = _f(True, "per-patch normalised pixel targets (CroCo)")
+    loss_patches: str = _f("masked", "patches the pixel loss counts: 'masked' (every masked patch, as CroCo) or "
+                                     "'human' (only the masked patches that hold the person: the --human-threshold "
+                                     "flags of the human-centric masking); see docs/evaluation.md",
+                           choices=("masked", "human"))
     kp_loss_weight: float = _f(0.0, "weight of the keypoint-heatmap loss on the reference (0 = off)")
     kp_sigma: float = _f(8.0, "Gaussian sigma of keypoint heatmaps, in pixels")
     # optimisation
     steps: int = _f(100_000, "optimizer steps in the whole run")
     batch_size: int = _f(64, "pairs per step per process")
-    blr: float | None = _f(None, "base learning rate, lr = blr * global batch / 256 (default: the preset's, 1.5e-4)")
+    blr: float | None = _f(None, "base learning rate, lr = blr * global batch / 256 (default: the preset's: "
+                                 "1.5e-4, tiny 0.05)")
     min_lr: float = _f(0.0, "learning rate at the end of the cosine")
     warmup_steps: int | None = _f(None, "linear warm-up steps from 0 (default: 10%% of --steps)")
     weight_decay: float = _f(0.05, "AdamW weight decay (not on norms, biases, mask token)")
@@ -180,6 +190,69 @@ class EvalConfig:
             raise TrainerError(f"--batch-size must be positive, got {self.batch_size}")
 
 
+PROBE_TASKS = ("keypoints", "silhouette", "depth")
+
+
+@dataclass
+class ProbeConfig:
+    """``trainer probe``: a small head trained on the frozen (or fine-tuned) encoder, on the labels
+    the shards carry; the metrics on held-out shards (see docs/evaluation.md)."""
+
+    ckpt: str = _f("", "checkpoint to probe: a run's checkpoint.pt, a CroCo release (with --model if it "
+                       "names no preset), or 'random' (weights drawn from --seed)", required=True)
+    shards: str = _f("", "labelled training shards (same forms as pretrain --shards)", required=True)
+    val_shards: str = _f("", "held-out shards the metrics are computed on (no shard in common with --shards)",
+                         required=True)
+    task: str = _f("keypoints", "keypoints: COCO-17 heatmaps, PCK@0.05/0.1; silhouette: person mask, IoU; "
+                                "depth: relative depth on person pixels, AbsRel (needs depth maps: synthetic)",
+                   choices=PROBE_TASKS)
+    storage_option: list[str] = field(default_factory=list, metadata={
+        "help": "KEY=VALUE option of the fsspec filesystem of remote shards (repeatable, as for pretrain)",
+        "metavar": "KEY=VALUE"})
+    model: str = _f("", f"preset for 'random' (default {DEFAULT_PRESET}) or a checkpoint that names none")
+    labels: int = _f(0, "train the head on this many labelled samples of --shards, drawn by --seed (0 = all)")
+    val_samples: int = _f(1000, "evaluate on the first this many labelled samples of --val-shards in shard "
+                                "order, the same for every checkpoint and seed (0 = all)")
+    binocular: bool = _f(False, "predict from the pre-trained decoder's tokens: encoder + decoder with the "
+                                "reference image, the whole target visible")
+    finetune: bool = _f(False, "train the encoder too (and the decoder with --binocular), layer-wise lr decay")
+    layer_decay: float = _f(0.75, "--finetune: lr of layer l = lr * layer_decay ** (layers - l)")
+    steps: int = _f(1000, "optimizer steps of the head")
+    batch_size: int = _f(32, "samples per step")
+    lr: float = _f(1e-3, "peak learning rate (AdamW, 5%% linear warm-up, cosine to 0)")
+    weight_decay: float = _f(1e-4, "AdamW weight decay (not on norms and biases)")
+    kp_sigma: float = _f(4.0, "keypoints: Gaussian sigma of the target heatmaps, in pixels")
+    min_visibility: int = _f(1, "keypoints: joints with COCO visibility >= this are trained and scored "
+                                "(1: labelled, occluded included; 2: visible only)", choices=(1, 2))
+    seed: int = _f(0, "seed of the label draw, the head's initial weights, the batch order (and of the "
+                      "weights of 'random')")
+    device: str = _f("auto", "'auto' (cuda if available), 'cpu' or 'cuda'")
+    precision: str = _f("auto", "'auto' (bf16 autocast on GPU, fp32 on CPU), 'bf16' or 'fp32'",
+                        choices=("auto", "bf16", "fp32"))
+    json_out: str = _f("", "also write the results (metrics and provenance) to this JSON file")
+    tensorboard: str = _f("", "write TensorBoard events (training loss, final metrics) to this directory")
+
+    def validate(self) -> None:
+        if self.task not in PROBE_TASKS:
+            raise TrainerError(f"--task must be one of {', '.join(PROBE_TASKS)}, got {self.task!r}")
+        if not self.ckpt:
+            raise TrainerError("--ckpt is required (a checkpoint file or 'random')")
+        if not self.shards or not self.val_shards:
+            raise TrainerError("--shards and --val-shards are both required")
+        if self.labels < 0 or self.val_samples < 0:
+            raise TrainerError("--labels and --val-samples must be >= 0")
+        if self.steps <= 0 or self.batch_size <= 0:
+            raise TrainerError("--steps and --batch-size must be positive")
+        if self.lr <= 0 or not 0 < self.layer_decay <= 1:
+            raise TrainerError("--lr must be positive and --layer-decay in (0, 1]")
+        if self.kp_sigma <= 0:
+            raise TrainerError(f"--kp-sigma must be positive, got {self.kp_sigma}")
+        if self.min_visibility not in (1, 2):
+            raise TrainerError(f"--min-visibility must be 1 or 2, got {self.min_visibility}")
+        if self.model:
+            get_preset(self.model)
+
+
 @dataclass
 class ExportConfig:
     """``trainer export``: the encoder as safetensors (+ a timm ViT state dict for sin-cos models)."""
@@ -208,12 +281,20 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         args = typing.get_args(typ)
         if args:  # Optional[X]
             typ = next(a for a in args if a is not type(None))
+        if not required:
+            help_text = _with_default(help_text, f.default)
         if typ is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                                help=f"{help_text} (default: {f.default})")
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         else:
-            parser.add_argument(flag, type=typ, default=f.default, required=required,
-                                help=help_text + ("" if required else f" (default: {f.default})"), **meta)
+            parser.add_argument(flag, type=typ, default=f.default, required=required, help=help_text, **meta)
+
+
+def _with_default(help_text: str, default) -> str:
+    """``help_text`` with `` (default: X)`` appended once: not when the text already says its
+    default in words, nor for an empty default (None, ""), which the text explains when it matters."""
+    if "(default" in help_text or default is None or default == "":
+        return help_text
+    return f"{help_text} (default: %(default)s)"
 
 
 def from_namespace(cls: type, ns: argparse.Namespace):

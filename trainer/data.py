@@ -2,13 +2,16 @@
 
     resolve_shards   --shards spec -> tar URLs (+ manifests when they exist next to the tars)
     mix_plan         --mix weights -> per-shard sampling weights and per-kind acceptance
+    RankSplit        --data-split rank: each epoch's shards split over (rank, worker), equal batch counts
     PairStream       IterableDataset: shards -> tar samples -> shuffle -> decode/crop -> batch + masks
     to_model_input   on the device: uint8 HWC -> colour jitter -> ImageNet-normalised [B, 3, H, W]
 
 Training streams are infinite and resampled (each rank and worker draws shards with its own
 seeded RNG), so with a fixed number of steps every DDP rank gets exactly as many batches and no
-rank waits on another at the end of an epoch. Every random choice (shards, shuffle,
-crops, jitter, masks) comes from seeds derived from ``(seed, rank, worker, counter)``; a batch
+rank waits on another at the end of an epoch; with ``--data-split rank`` they are epochs instead,
+split over the ranks and workers (disjoint, the same batch count everywhere). Every random choice
+(shards, shuffle, crops, jitter, masks) comes from seeds derived from ``(seed, rank, worker,
+counter)`` (and the epoch); a batch
 carries the raw-sample and batch counters of its worker, which is the data state saved in
 checkpoints: a resumed run skips the samples already consumed (without decoding them) and
 replays the exact same batches.
@@ -16,6 +19,8 @@ replays the exact same batches.
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import orjson
 import os
 import queue
@@ -42,7 +47,7 @@ from manifests.storage import Store, StorageError, describe_error, parse_options
 
 from .config import SKIP_LIMIT, TrainerError
 from .loss import PENN_FROM_COCO
-from .masking import human_centric_visible, masked_from_visible, uniform_visible
+from .masking import human_centric_visible, loss_patches, masked_from_visible, uniform_visible
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -598,6 +603,100 @@ def mix_plan(shards: ShardSet, spec: str) -> MixPlan | None:
     return MixPlan([per_url.get(u, 0.0) for u in shards.urls], accept)
 
 
+# --------------------------------------------------------------------------- --data-split rank
+
+STATE_KEYS = ("raw", "batches", "epoch", "epoch_raw", "epoch_batches")
+"""A worker's data state, as batches carry it (the epoch keys with ``--data-split rank`` only)."""
+
+
+def key_hash(key: str) -> int:
+    """A sample key as a 64-bit integer, the same in every process (``hash()`` is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+@dataclass
+class EpochShare:
+    """One slot's share of an epoch: ``batches`` (the same for every slot) and its shards with the
+    keys (``key_hash``) of the pairs it takes from each."""
+
+    batches: int
+    shards: list[tuple[str, set[int]]]
+
+
+class RankSplit:
+    """``--data-split rank``: every epoch, the shards are split over the (rank, data-loader worker)
+    slots, so the pairs of an epoch are disjoint across ranks and workers, and every slot yields the
+    same number of batches (no rank runs out before another).
+
+    An epoch, from the seed alone (every rank computes every slot's share itself, no communication):
+    each shard is in it at a rate ``weight / max weight`` (``--mix``'s shard weights; 1 without
+    ``--mix``), by systematic sampling (a shard of rate 1/3 is in every third epoch, from a seeded
+    phase); each of its pairs is kept with its ``--mix`` acceptance probability of (source, kind)
+    (a seeded draw per epoch and pair); the epoch's shards are shuffled and handed out in that order
+    to the slot with the fewest pairs so far; every slot then yields ``min over slots of its pairs //
+    batch_size`` batches. Needs the manifests (their keys and counts).
+    """
+
+    MAX_EMPTY_EPOCHS = 1000  # epochs in a row without a batch before the stream gives up
+
+    def __init__(self, shards: ShardSet, mix: "MixPlan | None", batch_size: int):
+        if shards.manifest is None:
+            raise TrainerError("--data-split rank needs the shards' manifests (pass a build directory or tars "
+                               "next to manifest/), or use --data-split resample")
+        self.urls, self.batch_size = list(shards.urls), batch_size
+        rows = {url: sub for url, sub in shards.manifest.groupby("url", sort=False)}
+        self.hashes: list[np.ndarray] = []  # uint64 [pairs of the shard]
+        self.accept: list[np.ndarray | None] = []  # float64 [pairs] (None: every pair kept)
+        for url in self.urls:
+            sub = rows.get(url)
+            keys = [] if sub is None else sub["key"].tolist()
+            self.hashes.append(np.array([key_hash(k) for k in keys], np.uint64))
+            if mix is None or sub is None:
+                self.accept.append(None)
+            else:
+                self.accept.append(np.array([mix.accept.get(s, {}).get(k, 0.0)
+                                             for s, k in zip(sub["source"], sub["kind"])], np.float64))
+        weights = np.asarray(mix.shard_weights if mix is not None else [1.0] * len(self.urls), np.float64)
+        self.rate = weights / weights.max() if len(weights) and weights.max() > 0 else weights
+
+    def share(self, epoch: int, seed: int, slots: int, slot: int) -> EpochShare:
+        """Slot ``slot``'s share (of ``slots``) of epoch ``epoch``."""
+        phase = np.random.default_rng([seed, 1]).random(len(self.urls))
+        inside = np.floor((epoch + 1) * self.rate + phase) > np.floor(epoch * self.rate + phase)
+        order = np.flatnonzero(inside)
+        order = order[np.random.default_rng([seed, epoch, 2]).permutation(len(order))]
+        kept: dict[int, np.ndarray] = {}
+        for i in order.tolist():
+            n = len(self.hashes[i])
+            if self.accept[i] is None:
+                kept[i] = np.ones(n, bool)
+            else:
+                kept[i] = np.random.default_rng([seed, epoch, 3, i]).random(n) < self.accept[i]
+        heap = [(0, s) for s in range(slots)]  # (pairs so far, slot): the fewest pairs first, then the lowest slot
+        mine, counts = [], [0] * slots
+        for i in order.tolist():
+            n = int(kept[i].sum())
+            if not n:
+                continue
+            count, s = heapq.heappop(heap)
+            counts[s] = count + n
+            heapq.heappush(heap, (count + n, s))
+            if s == slot:
+                mine.append((self.urls[i], set(self.hashes[i][kept[i]].tolist())))
+        return EpochShare(min(counts) // self.batch_size, mine)
+
+    def check(self, seed: int, slots: int) -> None:
+        """TrainerError when the first epoch gives some slot less than one batch."""
+        share = self.share(0, seed, slots, 0)
+        if share.batches == 0:
+            n = int(sum(1 for r in self.rate if r > 0))
+            raise TrainerError(f"--data-split rank: the first epoch of {n} shard{'s' * (n != 1)} split over {slots} "
+                               f"(ranks x data-loader workers) leaves some of them fewer than --batch-size "
+                               f"{self.batch_size} pairs; use fewer --workers, a smaller --batch-size, more shards, "
+                               "or --data-split resample")
+
+
+
 # --------------------------------------------------------------------------- decoding one pair
 
 
@@ -699,6 +798,50 @@ def decode_pair(sample: dict, size: int, patch: int, jitter: float,
             "target_mask": tmask, "reference_mask": rmask if reference_mask else None}
 
 
+# --------------------------------------------------------------------------- labels (trainer probe)
+
+
+def crop_keypoints(kps, y0: int, x0: int, scale: float, size: int, joints: int = len(fmt.COCO17)) -> np.ndarray:
+    """``[[x, y, v], ...]`` in image pixels -> ``[J, 3]`` float32 in the pixels of the crop
+    ``(y0, x0, scale)`` (``random_crop``'s window); v becomes 0 for joints outside the crop.
+    ValueError unless there are ``joints`` joints."""
+    arr = np.asarray(kps, np.float32).reshape(-1, 3) if len(kps) else np.zeros((0, 3), np.float32)
+    if arr.shape[0] != joints:
+        raise ValueError(f"{arr.shape[0]} keypoints, expected {joints}")
+    out = arr.copy()
+    out[:, 0] = arr[:, 0] * scale - x0
+    out[:, 1] = arr[:, 1] * scale - y0
+    inside = (out[:, 0] >= 0) & (out[:, 0] < size) & (out[:, 1] >= 0) & (out[:, 1] < size)
+    out[:, 2] = np.where(inside & np.isfinite(out[:, :2]).all(axis=1), arr[:, 2], 0.0)
+    return np.nan_to_num(out)
+
+
+def decode_probe_sample(sample: dict, size: int, patch: int, depth: bool = False) -> dict:
+    """One raw sample -> the target's centre crop (the eval crop of ``decode_pair``) with its labels.
+
+    Returns ``target``, ``reference`` uint8 ``[size, size, 3]``, ``mask`` uint8 ``[size, size]``
+    (person = 255), ``keypoints`` ``[17, 3]`` (COCO-17 x, y, visibility in crop pixels; None when
+    the JSON has none), ``depth`` uint16 ``[size, size]`` mm (with ``depth=True``; None when the
+    sample has no depth map) and ``key``. ValueError on missing or corrupt members, as ``decode_pair``.
+    """
+    pair = decode_pair(sample, size, patch, 0.0, None, keypoints=False)
+    meta = orjson.loads(sample[fmt.META_JSON])
+    raw_mask = _decode_mask(sample[fmt.TARGET_MASK])
+    _, _, (y0, x0, scale) = random_crop(raw_mask, raw_mask, size, None)  # the window decode_pair used
+    kps = meta.get("keypoints_target")
+    out = {"target": pair["target"], "reference": pair["reference"], "mask": pair["target_mask"],
+           "key": sample["__key__"], "depth": None,
+           "keypoints": crop_keypoints(kps, y0, x0, scale, size) if kps else None}
+    if depth and fmt.TARGET_DEPTH in sample:
+        d = fmt.decode_gray_png(sample[fmt.TARGET_DEPTH])
+        if d is None:
+            d = cv2.imdecode(np.frombuffer(sample[fmt.TARGET_DEPTH], np.uint8), cv2.IMREAD_UNCHANGED)
+        if d is None or d.dtype != np.uint16 or d.shape != raw_mask.shape:
+            raise ValueError("corrupt target.depth.png (not 16-bit, or not the image's size)")
+        out["depth"] = random_crop(d, d, size, None)[1]  # the "mask" slot: resized nearest, never blended
+    return out
+
+
 # --------------------------------------------------------------------------- the stream
 
 
@@ -712,6 +855,7 @@ class StreamConfig:
     masking: str = "human"
     mask_ratio: float = 0.75
     human_threshold: float = 0.0
+    loss_patches: str = "masked"  # "human": the batch's "masked" keeps only the masked human patches
     color_jitter: float = 0.4
     shuffle_buffer: int = 1000
     seed: int = 0
@@ -736,16 +880,20 @@ def _shuffle(src: Iterator, bufsize: int, rng: random.Random) -> Iterator:
 class PairStream(torch.utils.data.IterableDataset):
     """Batches of pairs (dicts of tensors), for ``DataLoader(stream, batch_size=None)``.
 
-    ``state`` maps logical worker id -> ``{"raw": samples consumed, "batches": batches emitted}``;
+    ``state`` maps logical worker id -> ``{"raw": samples consumed, "batches": batches emitted}``
+    (with ``split``, also the epoch, and the samples and batches of it consumed: ``STATE_KEYS``);
     ``worker_offset`` (batches already consumed modulo the number of workers) rotates worker ids
-    so that the DataLoader's round-robin continues where the previous run stopped.
+    so that the DataLoader's round-robin continues where the previous run stopped. A training
+    stream resamples shards, or with ``split`` (``--data-split rank``) reads each epoch's share of
+    this (rank, worker) (see ``RankSplit``).
     """
 
     def __init__(self, shards: ShardSet, cfg: StreamConfig, rank: int = 0, world: int = 1,
                  mix: MixPlan | None = None, state: dict | None = None, worker_offset: int = 0,
-                 verbose: bool = True):
+                 verbose: bool = True, split: RankSplit | None = None):
         super().__init__()
         self.urls, self.cfg, self.rank, self.world, self.mix = shards.urls, cfg, rank, world, mix
+        self.split = split
         self.options = shards.options  # storage options: each worker opens its own filesystem
         self.state = {int(k): v for k, v in (state or {}).items()}
         self.worker_offset, self.verbose = worker_offset, verbose
@@ -760,15 +908,16 @@ class PairStream(torch.utils.data.IterableDataset):
         else:  # one pass, split across ranks then workers
             yield from self.urls[self.rank::self.world][worker::num_workers]
 
-    def _raw(self, urls: Iterator[str], rng: random.Random, streak: SkipStreak) -> Iterator[dict]:
-        """Raw samples (bytes) of the shards in order; unreadable tars are skipped and reported
-        (once per shard), and a shard that gives no sample counts in ``streak``."""
+    def _raw(self, urls: Iterator[str], streak: SkipStreak, keep=None) -> Iterator[dict]:
+        """Raw samples (bytes) of the shards in order, those ``keep(url, sample)`` accepts (all when
+        None); unreadable tars are skipped and reported (once per shard), and a shard that gives no
+        sample counts in ``streak``."""
         warned: set[str] = set()
         for url in urls:
             n, errors = 0, []
             for s in read_shard(url, handler=lambda exc: errors.append(exc) or True, options=self.options):
                 n += 1
-                if self.mix is None or self._accepted(s, rng):
+                if keep is None or keep(url, s):
                     yield s
             if errors and self.verbose and url not in warned:
                 warned.add(url)
@@ -814,15 +963,74 @@ class PairStream(torch.utils.data.IterableDataset):
             where += f" on rank {self.rank}"
         streak = SkipStreak(cfg.skip_limit if cfg.train else 0, where)
         state = self.state.get(worker, {"raw": 0, "batches": 0})
+        if cfg.train and self.split is not None:
+            yield from self._split_batches(worker, num_workers, state, streak)
+            return
         rng = random.Random(f"{cfg.seed}-{self.rank}-{worker}")
-        raw = self._raw(self._urls(rng, worker, num_workers), rng, streak)
+        keep = (lambda url, s: self._accepted(s, rng)) if self.mix is not None else None
+        raw = self._raw(self._urls(rng, worker, num_workers), streak, keep)
         if cfg.train and cfg.shuffle_buffer > 1:
             raw = _shuffle(raw, cfg.shuffle_buffer, rng)
-        n_raw, n_batches, corrupt, pairs = 0, state["batches"], 0, []
+        yield from self._assemble(raw, worker, {"raw": 0, "batches": state["batches"]}, state["raw"], streak)
+
+    def _split_batches(self, worker: int, num_workers: int, state: dict, streak: SkipStreak) -> Iterator[dict]:
+        """``--data-split rank``: epoch after epoch, exactly the epoch's batch count from this slot's
+        share, read in a seeded shuffled order; a share that runs short (samples that failed to
+        decode) is read again, reshuffled, so every slot keeps in step. Batches carry the epoch
+        counters; a resume starts at the saved epoch without reading the epochs before it."""
+        cfg, split = self.cfg, self.split
+        slots, slot = self.world * num_workers, self.rank * num_workers + worker
+        epoch, done = state.get("epoch", 0), state.get("epoch_batches", 0)
+        start = state["raw"] - state.get("epoch_raw", 0)  # samples consumed before this epoch
+        pos = {"raw": start, "batches": state["batches"]}
+        empty = 0
+        while True:
+            share = split.share(epoch, cfg.seed, slots, slot)
+            empty = 0 if share.batches else empty + 1
+            if empty >= split.MAX_EMPTY_EPOCHS:
+                raise TrainerError(f"{streak.where}: --data-split rank: {empty} epochs in a row left some worker "
+                                   f"less than --batch-size {cfg.batch_size} pairs; use --data-split resample")
+            if share.batches > done:
+                rng = random.Random(f"{cfg.seed}-{self.rank}-{worker}-epoch{epoch}")
+                raw = self._share_samples(share, epoch, rng, streak, pos)
+                for batch in self._assemble(raw, worker, pos, state["raw"], streak, share.batches - done):
+                    done += 1
+                    yield {**batch, "epoch": epoch, "epoch_raw": batch["raw"] - start, "epoch_batches": done}
+            pos["raw"] = max(pos["raw"], state["raw"])  # (an epoch that ended before the resume)
+            epoch, done, start = epoch + 1, 0, pos["raw"]
+
+    def _share_samples(self, share: EpochShare, epoch: int, rng: random.Random, streak: SkipStreak,
+                       pos: dict) -> Iterator[dict]:
+        """Raw samples of this slot's share of an epoch, shuffled; endless (read again, reshuffled,
+        while batches are wanted). TrainerError if a whole pass gives nothing usable."""
+        urls, keys = [u for u, _ in share.shards], {}
+        for url, hashes in share.shards:
+            keys.setdefault(url, set()).update(hashes)
+        keep = lambda url, s: key_hash(s["__key__"]) in keys[url]  # noqa: E731
+        while True:
+            before = pos.get("pairs", 0) + pos.get("passed", 0)
+            raw = self._raw(iter(urls), streak, keep)
+            yield from _shuffle(raw, self.cfg.shuffle_buffer, rng) if self.cfg.shuffle_buffer > 1 else raw
+            if pos.get("pairs", 0) + pos.get("passed", 0) == before:  # a whole pass without a usable pair
+                lead = (f"{streak.where}: no usable pair in its share of epoch {epoch} ({len(urls)} shard"
+                        f"{'s' * (len(urls) != 1)}), so the ranks cannot keep in step (--data-split rank)")
+                raise TrainerError(streak.message(lead) if streak.count else lead)
+
+    def _assemble(self, raw: Iterator[dict], worker: int, pos: dict, skip: int, streak: SkipStreak,
+                  limit: int | None = None) -> Iterator[dict]:
+        """Batches from raw samples: each decoded (crops, jitter) into the batch arrays, collated with
+        its masks. ``pos`` holds this worker's counters, advanced in place: ``raw`` (samples seen; those
+        up to ``skip`` were consumed before a resume and are passed over without decoding: counted in
+        ``passed``), ``batches`` (emitted) and ``pairs`` (decoded). Stops after ``limit`` batches, or
+        when ``raw`` ends (an evaluation stream then yields its last, partial batch)."""
+        cfg = self.cfg
+        corrupt, pairs, emitted = 0, [], 0
         images = None  # the batch's image arrays, filled as pairs decode (while each is in cache)
         for s in raw:
-            n_raw += 1
-            if n_raw <= state["raw"]:
+            pos["raw"] += 1
+            n_raw = pos["raw"]
+            if n_raw <= skip:
+                pos["passed"] = pos.get("passed", 0) + 1
                 continue  # consumed before the resume: skipped without decoding
             sample_rng = np.random.default_rng([cfg.seed, self.rank, worker, n_raw]) if cfg.train else None
             try:
@@ -836,16 +1044,21 @@ class PairStream(torch.utils.data.IterableDataset):
                 streak.skip(s["__url__"], exc)
                 continue
             streak.reset()
+            pos["pairs"] = pos.get("pairs", 0) + 1
             if images is None:
                 images = {k: np.empty((cfg.batch_size, *pair[k].shape), np.uint8) for k in ("target", "reference")}
             for k, arr in images.items():
                 arr[len(pairs)] = pair[k]
             pairs.append(pair)
             if len(pairs) == cfg.batch_size:
-                yield self._collate(pairs, images, worker, n_raw, n_batches, corrupt)
-                n_batches, corrupt, pairs, images = n_batches + 1, 0, [], None
+                batch = self._collate(pairs, images, worker, n_raw, pos["batches"], corrupt)
+                pos["batches"] += 1
+                corrupt, pairs, images, emitted = 0, [], None, emitted + 1
+                yield batch
+                if limit is not None and emitted >= limit:
+                    return
         if pairs and not cfg.train:
-            yield self._collate(pairs, images, worker, n_raw, n_batches, corrupt)
+            yield self._collate(pairs, images, worker, pos["raw"], pos["batches"], corrupt)
         elif corrupt and not cfg.train:  # nothing left to batch: still report the skipped pairs
             yield {"key": [], "kind": [], "source": [], "corrupt": corrupt}
 
@@ -859,13 +1072,16 @@ class PairStream(torch.utils.data.IterableDataset):
             visible = human_centric_visible(human > cfg.human_threshold, cfg.mask_ratio, rng)
         else:
             visible = uniform_visible(len(pairs), human.shape[1], cfg.mask_ratio, rng)
+        hidden = masked_from_visible(visible, human.shape[1])
         return {
             "target": torch.from_numpy(images["target"][:n]),  # [B, H, W, 3] uint8
             "reference": torch.from_numpy(images["reference"][:n]),
             "jitter": torch.from_numpy(np.stack([p["jitter"] for p in pairs])),  # [B, 2, 3]
             "human": torch.from_numpy(human),  # [B, N]
             "visible": torch.from_numpy(visible),  # [B, L]
-            "masked": torch.from_numpy(masked_from_visible(visible, human.shape[1])),  # [B, N]
+            "hidden": torch.from_numpy(hidden),  # [B, N] every masked patch
+            # [B, N] the patches the loss counts (--loss-patches): all masked ones, or the masked human ones
+            "masked": torch.from_numpy(loss_patches(hidden, human > cfg.human_threshold, cfg.loss_patches)),
             "kp": torch.from_numpy(np.stack([p["kp"] for p in pairs])),  # [B, 13, 3]
             "kind": [p["kind"] for p in pairs],
             "source": [p["source"] for p in pairs],
@@ -969,7 +1185,8 @@ def stream_config(cfg, model_cfg, train: bool = True, batch_size: int | None = N
     return StreamConfig(img_size=model_cfg.img_size, patch_size=model_cfg.patch_size,
                         batch_size=batch_size or cfg.batch_size, masking=cfg.masking,
                         mask_ratio=cfg.mask_ratio, human_threshold=cfg.human_threshold,
-                        color_jitter=cfg.color_jitter, shuffle_buffer=cfg.shuffle_buffer,
+                        loss_patches=cfg.loss_patches, color_jitter=cfg.color_jitter,
+                        shuffle_buffer=cfg.shuffle_buffer,
                         seed=cfg.seed, keypoints=cfg.kp_loss_weight > 0, train=train,
                         skip_limit=cfg.skip_limit)
 

@@ -1,8 +1,8 @@
 """``trainer pretrain``: the training loop, top to bottom.
 
 One process on CPU or one GPU; several GPUs / nodes through ``torchrun`` (DDP, one process per
-GPU, NCCL; gloo on CPU). Every rank streams its own resampled shards; rank 0 logs and writes
-checkpoints. Re-running the same command resumes from ``OUT/checkpoint.pt``.
+GPU, NCCL; gloo on CPU). Every rank streams its own resampled shards (``--data-split rank``: its
+share of each epoch); rank 0 logs and writes checkpoints. Re-running the same command resumes from ``OUT/checkpoint.pt``.
 
 Faults: rank 0 holds ``OUT/.lock`` (a second trainer on the same run directory is refused); a
 checkpoint is written atomically (a save killed midway leaves the previous one, and the next run
@@ -31,8 +31,8 @@ from manifests.layout import write_json_atomic
 
 from . import checkpoint as ckpt_io
 from .config import PretrainConfig, TrainerError, get_preset, recorded
-from .data import (PairStream, check_batch, find_usable_pair, make_loader, mix_plan, resolve_shards, storage_options,
-                   stream_config, to_model_input)
+from .data import (STATE_KEYS, PairStream, RankSplit, check_batch, find_usable_pair, make_loader, mix_plan,
+                   resolve_shards, storage_options, stream_config, to_model_input)
 from .model import CroCoMan
 from .objective import Pretrainer
 from .visualize import reconstruction_grid, write_png
@@ -140,6 +140,10 @@ def train(cfg: PretrainConfig) -> dict:
     shards = resolve_shards(cfg.shards, storage_options(cfg.storage_option))
     find_usable_pair(shards, stream_config(cfg, mcfg), cfg.skip_limit)  # refused only if no pair is usable
     mix = mix_plan(shards, cfg.mix)
+    split = None  # --data-split rank: each epoch's shards split over the ranks and workers
+    if cfg.data_split == "rank":
+        split = RankSplit(shards, mix, cfg.batch_size)
+        split.check(cfg.seed, world * max(1, cfg.workers))
 
     # --- model, optimizer, schedule ---------------------------------------------------------
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
@@ -192,16 +196,18 @@ def train(cfg: PretrainConfig) -> dict:
             log(f"{out} already finished ({step} steps)")
             return {"step": step, "out": str(out), "loss": None}
         saved = ck.get("data", {})
-        if saved.get("world") == world and saved.get("workers") == num_workers and saved.get("batch_size") == cfg.batch_size:
+        if (saved.get("world") == world and saved.get("workers") == num_workers and saved.get("batch_size") == cfg.batch_size
+                and saved.get("split", "resample") == cfg.data_split):
             data_state, worker_offset = saved["ranks"][rank], step % num_workers
         else:  # the stream cannot be replayed: draw a fresh one rather than repeat the first batches
-            log("trainer: warning: world size, --workers or --batch-size changed; the data stream restarts with a new seed")
+            log("trainer: warning: world size, --workers, --batch-size or --data-split changed; the data stream "
+                "restarts with a new seed")
             seed_shift = step
         log(f"resuming {out} at step {step}")
 
     stream_cfg = stream_config(cfg, mcfg)
     stream_cfg.seed += seed_shift
-    stream = PairStream(shards, stream_cfg, rank, world, mix, data_state, worker_offset, verbose=main)
+    stream = PairStream(shards, stream_cfg, rank, world, mix, data_state, worker_offset, verbose=main, split=split)
     loader = make_loader(stream, cfg.workers, pin_memory=device.type == "cuda")
 
     # --- DDP and compile ---------------------------------------------------------------------
@@ -223,7 +229,10 @@ def train(cfg: PretrainConfig) -> dict:
         try:
             write_json_atomic(out / "config.json", resolved)
             _truncate_metrics(out / "metrics.jsonl", step)
-            writer = SummaryWriter(str(out / "tb"), purge_step=step if step else None)
+            # TensorBoard hides (on reading) the events of steps >= purge_step logged before this
+            # run: the tail a killed run logged after its checkpoint. Step ``step`` itself was logged
+            # with the checkpoint (and is kept in metrics.jsonl), so the purge starts after it.
+            writer = SummaryWriter(str(out / "tb"), purge_step=step + 1)
         except OSError as exc:
             raise TrainerError(f"cannot write to the run directory {out}: {' '.join(str(exc).split())}") from exc
         log(f"training {cfg.model} for {cfg.steps} steps: global batch {cfg.batch_size * world}, lr {lr:.3g}, "
@@ -233,7 +242,8 @@ def train(cfg: PretrainConfig) -> dict:
 
     def save_checkpoint() -> None:
         """All ranks contribute their data state; rank 0 writes atomically."""
-        state = {"ranks": [data_state], "world": world, "workers": num_workers, "batch_size": cfg.batch_size}
+        state = {"ranks": [data_state], "world": world, "workers": num_workers, "batch_size": cfg.batch_size,
+                 "split": cfg.data_split}
         if distributed:
             gathered = [None] * world
             dist.all_gather_object(gathered, data_state)
@@ -291,7 +301,7 @@ def train(cfg: PretrainConfig) -> dict:
                 stopped = stop.signum
                 break  # the loader died with the signal (Ctrl-C / SIGTERM sent to the process group)
             data_time += time.perf_counter() - t_wait
-            data_state[batch["worker"]] = {"raw": batch["raw"], "batches": batch["batches"]}
+            data_state[batch["worker"]] = {k: batch[k] for k in STATE_KEYS if k in batch}
             window_corrupt += batch["corrupt"]
             target = to_model_input(batch["target"].to(device, non_blocking=True), batch["jitter"][:, 0])
             reference = to_model_input(batch["reference"].to(device, non_blocking=True), batch["jitter"][:, 1])
@@ -347,7 +357,8 @@ def train(cfg: PretrainConfig) -> dict:
                 window_steps, window_corrupt, data_time, t0 = 0, 0, 0.0, time.perf_counter()
 
             if main and (step == 1 or step % cfg.image_every == 0 or step == last_step):  # --- reconstructions
-                grid = reconstruction_grid(target, reference, outputs["pred"].detach(), masked,
+                hidden = batch["hidden"].to(device) if "hidden" in batch else masked  # every masked patch
+                grid = reconstruction_grid(target, reference, outputs["pred"].detach(), hidden,
                                            mcfg.patch_size, cfg.norm_pix_loss)
                 _write(str(out / "images"), write_png, out / "images" / f"step{step:08d}.png", grid)
                 _write(str(out / "tb"), writer.add_image, "reconstruction", grid, step, dataformats="HWC")

@@ -1,7 +1,8 @@
 """Which target patches the encoder sees (paper section 3.1).
 
 Both functions return ``visible`` ``[B, L]`` int64, sorted patch indices, one length L per batch;
-the masked patches (where the loss is computed) are the others (``masked_from_visible``).
+the masked patches are the others (``masked_from_visible``); the loss is computed on all of them
+or, with ``--loss-patches human``, on the masked human patches only (``loss_patches``).
 """
 
 from __future__ import annotations
@@ -53,3 +54,14 @@ def masked_from_visible(visible: np.ndarray, num_patches: int) -> np.ndarray:
     masked = np.ones((visible.shape[0], num_patches), dtype=bool)
     np.put_along_axis(masked, visible, False, axis=1)
     return masked
+
+
+def loss_patches(masked: np.ndarray, human: np.ndarray, mode: str) -> np.ndarray:
+    """``[B, N]`` bool, the patches the pixel loss counts (``--loss-patches``): every masked patch
+    (``"masked"``, CroCo), or only the masked patches flagged human in ``human`` ``[B, N]`` bool,
+    the same flags the human-centric masking uses (``"human"``). A person-free image has none."""
+    if mode == "masked":
+        return masked
+    if mode == "human":
+        return masked & human
+    raise ValueError(f"loss patches must be 'masked' or 'human', got {mode!r}")

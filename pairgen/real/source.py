@@ -25,7 +25,9 @@ import contextlib
 import errno
 import math
 import os
+import queue
 import sys
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ from typing import Iterator
 
 import numpy as np
 
+from pairgen import interrupt
 from pairgen.real import crop as cropping
 from pairgen.real import silhouette as sil
 from pairgen.real.frames import iter_frames
@@ -219,14 +222,19 @@ class RealSource(Source):
         from collections import deque
         from concurrent.futures import ProcessPoolExecutor
 
-        pool = ProcessPoolExecutor(max_workers=procs, mp_context=multiprocessing.get_context("forkserver"))
+        ctx = multiprocessing.get_context("forkserver")
+        ready = ctx.Queue()  # each planning process says when it has started (see the finally below)
+        with interrupt.held():  # a process is never left half-started by Ctrl-C (it would print a traceback)
+            pool = ProcessPoolExecutor(max_workers=procs, mp_context=ctx, initializer=_planning_started,
+                                       initargs=(ready,))
         pending: deque = deque()
         todo = iter(batches)
         finished = False
         try:
             while True:
                 while len(pending) < 2 * procs and (batch := next(todo, None)) is not None:
-                    pending.append(pool.submit(plan_units, cfg, batch, n_cv, n_cp))
+                    with interrupt.held():  # submit may start a process
+                        pending.append(pool.submit(plan_units, cfg, batch, n_cv, n_cp))
                 if not pending:
                     break
                 yield from pending.popleft().result()
@@ -235,11 +243,19 @@ class RealSource(Source):
             if finished:
                 pool.shutdown(wait=True)
             else:  # stopped early (enough pairs, an error, Ctrl-C): no batch is waited for
-                procs_left = list(getattr(pool, "_processes", {}).values())
-                pool.shutdown(wait=False, cancel_futures=True)
-                for proc in procs_left:
+                # but a process still starting is let finish its start (~1 s at most): torn down
+                # midway it prints a traceback (the semaphores it loads are gone)
+                spawned, started, deadline = len(getattr(pool, "_processes", None) or {}), 0, time.time() + 5
+                while started < spawned and time.time() < deadline:
+                    try:
+                        ready.get(timeout=0.1)
+                        started += 1
+                    except queue.Empty:
+                        pass
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):
                     if proc.is_alive():
                         proc.terminate()
+                pool.shutdown(wait=True)  # quick once its processes are gone: the pool's thread ends cleanly
 
     def _mined_on_ray(self, batches: list[list[str]], cfg: dict, n_cv: int, n_cp: int):
         """:meth:`_mined` with the batches as Ray tasks on the cluster (``--ray-address``): a sliding
@@ -269,6 +285,11 @@ class RealSource(Source):
 
     def make_worker(self) -> SourceWorker:
         return RealWorker(self)
+
+
+def _planning_started(ready) -> None:
+    """Initializer of a planning process: tell the driver it has started."""
+    ready.put(os.getpid())
 
 
 PLAN_BATCH = 16  # units per planning job

@@ -43,6 +43,7 @@ Readings chosen where the documentation is uncertain (docs/datasets.md section 7
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -64,6 +65,7 @@ EXCLUDED_PIDS = ("00-1", "0000")  # junk (pid -1) and distractors (pid 0)
 NAME_RE = re.compile(r"^(\d{4}|00-1)C(\d)T(\d{4})F(\d{3,})\.jpg$", re.IGNORECASE)
 TRACK_RE = re.compile(r"^(\d{4})C(\d)T(\d{4})$")
 PID_RE = re.compile(r"^\d{4}$")
+PID_CACHE = 256  # pid folder listings kept (a full split's would be ~0.6M file names)
 
 
 class ListedFrames(Mapping):
@@ -226,7 +228,7 @@ class MarsReader(Reader):
 
     def __init__(self, root: str, options: dict | None = None):
         super().__init__(root, options)
-        self._pid_files: dict[tuple[str, str], dict[str, dict[int, str]]] = {}
+        self._pid_files: OrderedDict[tuple[str, str], dict[str, dict[int, str]]] = OrderedDict()
         self._info: dict[str, InfoTable] = {}
         self._note_unit: dict[str, str | None] = {}
 
@@ -262,7 +264,9 @@ class MarsReader(Reader):
     def _files(self, split: str, pid: str) -> dict[str, dict[int, str]]:
         """{tracklet: {F: file name}} of one pid folder (names of another pid are ignored)."""
         key = (split, pid)
-        if key not in self._pid_files:
+        if key in self._pid_files:
+            self._pid_files.move_to_end(key)
+        else:
             found: dict[str, dict[int, str]] = {}
             try:
                 names = sorted(p.name for p in (self.root / SPLIT_DIRS[split] / pid).iterdir())
@@ -273,6 +277,8 @@ class MarsReader(Reader):
                 if m and m.group(1) == pid:
                     found.setdefault(f"{pid}C{m.group(2)}T{m.group(3)}", {})[int(m.group(4))] = n
             self._pid_files[key] = found
+            while len(self._pid_files) > PID_CACHE:  # the listings of the pids used last, not of the dataset
+                self._pid_files.popitem(last=False)
         return self._pid_files[key]
 
     def info(self, split: str) -> InfoTable:

@@ -42,10 +42,13 @@ class SyntheticWorker(SourceWorker):
             from pairgen.synthetic.background import list_background_images
 
             files = list_background_images(Path(config.backgrounds))
+        from pairgen.synthetic.camera import FRAMINGS
+
         settings = SyntheticSettings(
             image_size=config.image_size, cross_view_fraction=config.cross_view_fraction,
             kinds=tuple(config.kinds), min_gap_s=config.min_gap_s, max_gap_s=config.max_gap_s,
             min_azimuth_deg=config.min_azimuth_deg, max_azimuth_deg=config.max_azimuth_deg,
+            **FRAMINGS[config.framing],
         )
         self.generator = SyntheticGenerator(body, settings, files, bank)
         # Warm-up (part of building the worker, like the model): the first pair pays one-time costs
@@ -83,7 +86,8 @@ class SyntheticWorker(SourceWorker):
 class SyntheticSource(Source):
     name = "synthetic"
     summary = "SURREAL-style rendered humans (anny body, procedural clothing, lights, backgrounds); cross-view and cross-pose"
-    needs = ("nothing (optional: --backgrounds DIR of images; --body smpl --smpl-model FILE [--motions AMASS_DIR]); "
+    needs = ("nothing (optional: --backgrounds DIR of images; --body smpl --smpl-model FILE [--motions AMASS_DIR]; "
+             "--framing tight for person-filling crops like the real sources'); "
              "silhouettes are exact, so --silhouette, --reader-option and the other real-source settings "
              "(--root, --annotations, --videos, --split, --mano-model, --min-view-angle-deg, --crop-margin, "
              "--min-person-px) are refused")

@@ -11,6 +11,17 @@ import numpy as np
 
 from pairgen.synthetic.render import Camera
 
+# ``pairgen build --source synthetic --framing``: the camera distance (m) and the fraction of the
+# image that the person's larger side spans (``fit_camera``'s ``fill``), each drawn uniformly.
+# "wide" is the original framing (its pairs are byte-identical to builds made before the option);
+# "tight" frames the person like the real sources' crops (a square of the person box's longer side
+# x (1 + --crop-margin 0.2), so the body spans ~0.83-0.95 of the side: the keypoint box misses the
+# top of the head and the soles), from 2-5 m. The whole body stays in the image either way.
+FRAMINGS: dict[str, dict[str, tuple[float, float]]] = {
+    "wide": {"distance_m": (2.5, 8.0), "fill": (0.6, 0.88)},
+    "tight": {"distance_m": (2.0, 5.0), "fill": (0.86, 0.96)},
+}
+
 
 def look_at(center: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0, 0.0, 1.0])) -> tuple[np.ndarray, np.ndarray]:
     """World-to-camera (R, t), OpenCV axes: +Z forward, +X right, +Y down in the image."""

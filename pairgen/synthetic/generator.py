@@ -177,8 +177,9 @@ class SyntheticGenerator:
             "camera_target": "cam0", "camera_reference": "cam1" if kind == "cross_view" else "cam0",
             "frame_target": frames[0], "frame_reference": frames[1],
             "time_gap_s": round(gap, 6) if kind == "cross_pose" else None,
-            "view_angle_deg": round(cam.view_angle_deg(cams[0], cams[1], centre), 4),
-            "azimuth_gap_deg": round(cam.azimuth_gap_deg(cams[0], cams[1], centre), 4) if kind == "cross_view" else 0.0,
+            # cross-pose: one camera, so no angle between two (null, not 0)
+            "view_angle_deg": round(cam.view_angle_deg(cams[0], cams[1], centre), 4) if kind == "cross_view" else None,
+            "azimuth_gap_deg": round(cam.azimuth_gap_deg(cams[0], cams[1], centre), 4) if kind == "cross_view" else None,
             "motion": round(motion, 6) if motion is not None else None,
             "silhouette_method": "render", "seed": seed,
             "crop_target_x0": 0.0, "crop_target_y0": 0.0, "crop_target_x1": float(S), "crop_target_y1": float(S),
