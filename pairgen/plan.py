@@ -74,21 +74,19 @@ def write_plan(store: Store, config: BuildConfig, tasks: Iterable[ShardTask]) ->
     schema = _schema(config)
     staged = os.path.join(store.scratch(layout.TMP_DIR), f"plan-{config.source}.{os.getpid()}.partial")
     refs: list[TaskRef] = []
-    rows: list[ShardTask] = []
+    rows: list[tuple[int, int, str, str]] = []  # (index, planned, digest, payload JSON): no task kept as objects
     try:
         with pq.ParquetWriter(staged, schema, compression="zstd") as writer:
             def flush() -> None:
                 group = len(refs) // ROWS_PER_GROUP if refs else 0
-                digests = [task_digest(t) for t in rows]
-                writer.write_table(pa.table({
-                    "index": [t.index for t in rows], "planned": [t.planned for t in rows], "digest": digests,
-                    "payload": [json.dumps(t.payload, separators=(",", ":")) for t in rows]}, schema=schema),
-                    row_group_size=len(rows))
-                refs.extend(TaskRef(t.index, t.planned, d, group) for t, d in zip(rows, digests))
+                cols = list(zip(*rows))
+                writer.write_table(pa.table(dict(zip(COLUMNS, cols)), schema=schema), row_group_size=len(rows))
+                refs.extend(TaskRef(i, n, d, group) for i, n, d, _ in rows)
                 rows.clear()
 
             for task in tasks:
-                rows.append(task)
+                rows.append((task.index, task.planned, task_digest(task), json.dumps(task.payload, separators=(",", ":"))))
+                del task  # its payload's objects (~1 KB a pair) go now; the row holds its JSON (~0.3 KB a pair)
                 if len(rows) == ROWS_PER_GROUP:
                     flush()
             if rows:
