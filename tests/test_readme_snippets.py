@@ -36,10 +36,13 @@ SNIPPETS = readme_snippets()
 
 
 def run_snippet(name: str, cwd: Path, monkeypatch) -> dict:
+    """Run the snippet as a script in ``cwd`` (as a user pasting it would) and return its globals."""
+    import runpy
+
     monkeypatch.chdir(cwd)
-    ns: dict = {"__name__": f"readme_{name}"}
-    exec(compile(SNIPPETS[name], f"README.md[snippet {name}]", "exec"), ns)  # noqa: S102 - our own README
-    return ns
+    script = cwd / f"readme_snippet_{name}.py"
+    script.write_text(SNIPPETS[name])
+    return runpy.run_path(str(script), run_name=f"readme_{name}")
 
 
 @pytest.fixture(scope="module")
