@@ -201,9 +201,9 @@ def _remove_empty_out(store: Store) -> None:
     """Remove an OUT this run created, if it holds nothing but our lock and scratch folder."""
     root = Path(store.root)
     try:
-        for p in (root / layout.TMP_DIR, ):
-            if p.is_dir() and not any(p.iterdir()):
-                p.rmdir()
+        scratch = root / layout.TMP_DIR
+        if scratch.is_dir() and not any(scratch.iterdir()):
+            scratch.rmdir()
         if {p.name for p in root.iterdir()} <= {layout.LOCK_FILE}:
             (root / layout.LOCK_FILE).unlink(missing_ok=True)
             root.rmdir()

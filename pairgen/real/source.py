@@ -156,36 +156,34 @@ class RealSource(Source):
         else:
             n_cv, n_cp = (quota, 0) if c.kinds[0] == "cross_view" else (0, quota)
         plan_skipped: list[dict] = []
-        total, index = 0, 0
+
+        def shards():  # whole units packed into shards of about --shard-size pairs, as each closes
+            total, current = 0, []
+            for name, kind, value in self._mined(reader, [n for n, _ in names], n_cv, n_cp):
+                if total >= c.num_pairs:
+                    break
+                if kind == "skip":
+                    plan_skipped.append({"unit": name, **value})
+                    continue
+                pairs = value[: c.num_pairs - total]
+                if not pairs:
+                    plan_skipped.append({"unit": name, "reason": "no pair could be mined"})
+                    continue
+                total += len(pairs)
+                if current and len(current) + len(pairs) > c.shard_size:
+                    yield current
+                    current = []
+                current.extend(pairs)
+            if current:
+                yield current
+
         first: ShardTask | None = None  # shard 0 carries the units that gave no pair: yielded last
-        current: list[PairSpec] = []
-
-        def task() -> ShardTask:
-            return ShardTask(self.name, index, len(current), {"pairs": [p.to_json() for p in current]})
-
-        for name, kind, value in self._mined(reader, [n for n, _ in names], n_cv, n_cp):
-            if total >= c.num_pairs:
-                break
-            if kind == "skip":
-                plan_skipped.append({"unit": name, **value})
-                continue
-            pairs = value[: c.num_pairs - total]
-            if not pairs:
-                plan_skipped.append({"unit": name, "reason": "no pair could be mined"})
-                continue
-            total += len(pairs)
-            if current and len(current) + len(pairs) > c.shard_size:  # shards hold whole units
-                if index == 0:
-                    first = task()
-                else:
-                    yield task()
-                index, current = index + 1, []
-            current.extend(pairs)
-        if current:
+        for index, pairs in enumerate(shards()):
+            task = ShardTask(self.name, index, len(pairs), {"pairs": [p.to_json() for p in pairs]})
             if index == 0:
-                first = task()
+                first = task
             else:
-                yield task()
+                yield task
         if first is not None:
             first.payload["plan_skipped"] = plan_skipped
             yield first
