@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from manifests import layout
 from manifests.sample import decode_sample, iter_tar_samples
@@ -304,3 +306,70 @@ def test_hard_fixture_image_of_another_size_is_skipped_for_its_size(hard):
 
     truth, out = hard
     check_half_size_skipped(out, _hard_case(truth["hard"]), truth["hard"], _at)
+
+
+# -- one projection call per camera: the same observations as one call per image -----------------
+def _observe_one_image_at_a_time(cm, cam, rows, world, valid3, min_joints):
+    """The reference: each image projected and judged on its own."""
+    from pairgen.sources.interhand import HANDS
+
+    out = {}
+    for fr, _, w, h, ann in rows:
+        uv, z = cm.project(np.nan_to_num(world[fr]))
+        ok = valid3[fr] & (z > 1e-6)
+        ok &= (uv[:, 0] >= 0) & (uv[:, 0] <= w - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= h - 1)
+        only = None
+        if ann is not None:
+            if ann["joint_valid"].shape == (42,):
+                ok &= ann["joint_valid"] > 0
+            if ann.get("hand_type_valid") and ann.get("hand_type") in HANDS:
+                only = ann["hand_type"]
+        for hi, hand in enumerate(HANDS):
+            okh = ok[21 * hi:21 * hi + 21]
+            if (only is not None and hand != only) or okh.sum() < min_joints:
+                continue
+            pts = uv[21 * hi:21 * hi + 21]
+            kps = np.concatenate([pts, okh[:, None].astype(np.float64)], axis=1)
+            kps[~okh, :2] = 0.0
+            q = pts[okh]
+            out[(hand, cam, fr)] = (np.array([q[:, 0].min(), q[:, 1].min(), q[:, 0].max(), q[:, 1].max()]), kps)
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 40), min_joints=st.integers(1, 21),
+       behind=st.floats(0, 1), nan=st.floats(0, 0.3))
+def test_camera_batch_projection_equals_per_image(seed, n, min_joints, behind, nan):
+    """Hands crossing the frame edges, behind the camera, NaN joints, images of different sizes,
+    annotations that drop joints or name one hand: bit-identical keypoints and boxes, same order."""
+    from pairgen.real.types import CameraModel
+    from pairgen.sources.interhand import _observe
+
+    rng = np.random.default_rng(seed)
+    R = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    cm = CameraModel(K=np.array([[rng.uniform(300, 2000), 0, rng.uniform(0, 512)],
+                                 [0, rng.uniform(300, 2000), rng.uniform(0, 334)], [0, 0, 1.0]]),
+                     R=R, t=rng.normal(size=3) * 200)
+    world, valid3, rows = {}, {}, []
+    for fr in sorted(rng.choice(10_000, n, replace=False).tolist()):
+        c = R.T @ (np.array([0, 0, 600.0]) - cm.t)  # in front of the camera...
+        X = c + rng.normal(size=(42, 3)) * rng.uniform(5, 400)  # ...spread past the frame edges
+        if rng.random() < behind:
+            X[rng.random(42) < 0.5] = R.T @ (np.array([0, 0, -300.0]) - cm.t)  # behind it
+        X[rng.random((42, 3)) < nan] = np.nan
+        world[fr] = X
+        valid3[fr] = (rng.random(42) < 0.9) & np.isfinite(X).all(1)
+        w, h = [(512, 334), (334, 512), (1, 1), (97, 33)][int(rng.integers(4))]
+        ann = None
+        if rng.random() < 0.6:
+            ann = {"joint_valid": (rng.random(42 if rng.random() < 0.8 else 21) < 0.8).astype(np.float32),
+                   "hand_type": ["right", "left", "interacting", None][int(rng.integers(4))],
+                   "hand_type_valid": bool(rng.random() < 0.7)}
+        rows.append((fr, f"image{fr}.jpg", w, h, ann))
+    with np.errstate(all="ignore"):
+        want = _observe_one_image_at_a_time(cm, "400264", rows, world, valid3, min_joints)
+        got: dict = {}
+        _observe(cm, "400264", rows, world, valid3, min_joints, got)
+    assert list(got) == list(want)
+    for key, (box, kps) in want.items():
+        assert got[key].box.tobytes() == box.tobytes() and got[key].keypoints.tobytes() == kps.tobytes(), key

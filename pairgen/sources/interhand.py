@@ -494,7 +494,48 @@ class _CaptureFrames:
 
 
 def _image_file(paths: dict, cam: str, frame: int) -> Path:
-    return paths[(cam, frame)]
+    return Path(paths[(cam, frame)])
+
+
+def _observe(cm: CameraModel, cam: str, rows: list, world: dict, valid3: dict, min_joints: int,
+             observations: dict) -> None:
+    """One camera's hands: ``rows`` [(frame, path, w, h, ann | None)] by frame (frames with 3D joints)
+    -> ``observations[(hand, cam, frame)]`` for each hand with at least ``min_joints`` joints valid in
+    3D, in front of the camera, inside the image and not marked invalid by ``ann``. The camera's
+    frames are projected in one call: the same numbers as one call per image."""
+    n = len(rows)
+    frames = [r[0] for r in rows]
+    X = np.nan_to_num(np.stack([world[fr] for fr in frames]))  # [n, 42, 3]
+    uv, z = cm.project(X.reshape(-1, 3))
+    uv, z = uv.reshape(n, 42, 2), z.reshape(n, 42)
+    w = np.array([r[2] for r in rows], np.float64)[:, None]
+    h = np.array([r[3] for r in rows], np.float64)[:, None]
+    ok = np.stack([valid3[fr] for fr in frames]) & (z > 1e-6)
+    ok &= (uv[..., 0] >= 0) & (uv[..., 0] <= w - 1) & (uv[..., 1] >= 0) & (uv[..., 1] <= h - 1)
+    only = [None] * n  # the one hand an annotation names
+    for i, r in enumerate(rows):
+        ann = r[4]
+        if ann is None:
+            continue
+        jv = ann["joint_valid"]
+        if jv.shape == (42,):
+            ok[i] &= jv > 0
+        if ann.get("hand_type_valid") and ann.get("hand_type") in HANDS:
+            only[i] = ann["hand_type"]
+    per_hand = []
+    for hi in range(len(HANDS)):
+        sl = slice(21 * hi, 21 * hi + 21)
+        okh, pts = ok[:, sl], uv[:, sl]
+        kps = np.concatenate([pts, okh[..., None].astype(np.float64)], axis=2)
+        kps[~okh, :2] = 0.0
+        lo = np.where(okh[..., None], pts, np.inf).min(1)
+        hi_ = np.where(okh[..., None], pts, -np.inf).max(1)
+        box = np.concatenate([lo, hi_], axis=1)  # [n, 4]: x0, y0, x1, y1
+        per_hand.append((okh.sum(1) >= min_joints, kps, box))
+    for i, fr in enumerate(frames):
+        for hand, (enough, kps, box) in zip(HANDS, per_hand):
+            if enough[i] and (only[i] is None or only[i] == hand):
+                observations[(hand, cam, fr)] = Observation(box=box[i], keypoints=kps[i])
 
 
 def _joints_of(world: dict, valid: dict, track: str, frame: int) -> np.ndarray:
@@ -673,8 +714,10 @@ class InterHandReader(Reader):
         t = index.read(f"{capture}/{seq}")
         return [] if t is None else _records(t)
 
-    def _listing(self, seq_dir: Path) -> dict[str, dict[int, Path]]:
-        out: dict[str, dict[int, Path]] = {}
+    def _listing(self, seq_dir: Path) -> dict[str, dict[int, str]]:
+        """{camera: {frame: image path}} of a sequence folder (paths as strings: a unit has up to
+        ~10^5 images)."""
+        out: dict[str, dict[int, str]] = {}
         if not seq_dir.is_dir():
             return out
         for c in os.scandir(seq_dir):
@@ -685,7 +728,7 @@ class InterHandReader(Reader):
             for f in os.scandir(c.path):
                 mm = _IMAGE.match(f.name)
                 if mm:
-                    files[int(mm.group(1))] = Path(f.path)
+                    files[int(mm.group(1))] = f.path
             out[m.group(1)] = files
         return out
 
@@ -737,10 +780,7 @@ class InterHandReader(Reader):
         world: dict[int, np.ndarray] = {}
         valid3: dict[int, np.ndarray] = {}
         no_joints = 0
-        min_joints = self.min_hand_joints
-        observations: dict[tuple[str, str, int], Observation] = {}
-        paths: dict[tuple[str, int], Path] = {}
-        sizes: dict[str, tuple[int, int]] = {}
+        by_cam: dict[str, list[tuple]] = {}  # cam -> [(frame, path, w, h, ann)], by frame
         for cam, fr, p, w, h, ann in sorted(images, key=lambda r: (r[0], r[1])):
             if fr not in world:
                 e = frame_joints.get(fr)
@@ -753,32 +793,15 @@ class InterHandReader(Reader):
                 X, v = e
                 world[fr] = X
                 valid3[fr] = (v > 0) & np.isfinite(X).all(1)
-            paths[(cam, fr)] = p
-            sizes.setdefault(cam, (w, h))
-            cm = calib[cam]
-            uv, z = cm.project(np.nan_to_num(world[fr]))
-            ok = valid3[fr] & (z > 1e-6)
-            ok &= (uv[:, 0] >= 0) & (uv[:, 0] <= w - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= h - 1)
-            hand_type = None
-            if ann is not None:
-                jv = ann["joint_valid"]
-                if jv.shape == (42,):
-                    ok &= jv > 0
-                if ann.get("hand_type_valid") and ann.get("hand_type") in HANDS:
-                    hand_type = ann["hand_type"]
-            for hi, hand in enumerate(HANDS):
-                if hand_type is not None and hand != hand_type:
-                    continue
-                sl = slice(21 * hi, 21 * hi + 21)
-                okh = ok[sl]
-                if okh.sum() < min_joints:
-                    continue
-                pts = uv[sl]
-                kps = np.concatenate([pts, okh[:, None].astype(np.float64)], axis=1)
-                kps[~okh, :2] = 0.0
-                q = pts[okh]
-                box = np.array([q[:, 0].min(), q[:, 1].min(), q[:, 0].max(), q[:, 1].max()])
-                observations[(hand, cam, fr)] = Observation(box=box, keypoints=kps)
+            by_cam.setdefault(cam, []).append((fr, p, w, h, ann))
+        observations: dict[tuple[str, str, int], Observation] = {}
+        paths: dict[tuple[str, int], str] = {}
+        sizes: dict[str, tuple[int, int]] = {}
+        for cam, rows in by_cam.items():  # sorted by camera, then frame
+            for fr, p, w, h, _ in rows:
+                paths[(cam, fr)] = p
+            sizes.setdefault(cam, rows[0][2:4])
+            _observe(calib[cam], cam, rows, world, valid3, self.min_hand_joints, observations)
         if no_joints:
             skipped.append(("images", "images without 3D joints", f"{no_joints} images skipped"))
         for cam, (w, h) in sizes.items():
@@ -787,11 +810,11 @@ class InterHandReader(Reader):
             raise BadUnit(f"{name}: no visible hand" + (f" ({'; '.join(f'{p}: {r}' for p, r, _ in skipped)})" if skipped else ""))
 
         frames = sorted({fr for (_, fr) in paths})
-        cameras = sorted({cam for (cam, _) in paths})
+        cameras = sorted(by_cam)
         steps: Counter = Counter()
         for cam in cameras:
-            fs = sorted(fr for (c, fr) in paths if c == cam)
-            steps.update(int(d) for d in np.diff(fs) if d > 0)
+            d = np.diff([r[0] for r in by_cam[cam]])  # the camera's frames, ascending
+            steps.update(d[d > 0].tolist())
         release = self.release_fps
         fps = release_fps_and_rate(steps.most_common(1)[0][0], release) if steps else 90.0
 
