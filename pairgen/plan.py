@@ -1,7 +1,8 @@
 """A build's plan on disk: ``OUT/plan-<source>.parquet``, written as it is made, read lazily.
 
 The driver never holds the whole plan. :func:`write_plan` streams the tasks a source yields into a
-Parquet file (row groups of :data:`ROWS_PER_GROUP` tasks), staged locally and published atomically;
+Parquet file (row groups of :data:`ROWS_PER_GROUP` tasks, fewer when their payloads pass
+:data:`GROUP_BYTES`), staged locally and published atomically;
 what stays in memory is one :class:`TaskRef` per shard (index, pairs planned, task digest: ~100
 bytes, however many pairs the shard holds). :class:`Plan` hands the tasks out one at a time,
 reading a row group's payloads only when its first task is wanted, so the driver's memory does
@@ -28,7 +29,11 @@ from manifests.storage import Store
 from pairgen.config import BuildConfig
 from pairgen.sources.base import ShardTask
 
-ROWS_PER_GROUP = 64  # tasks per Parquet row group: what the driver reads (and holds) at a time
+ROWS_PER_GROUP = 64  # tasks per Parquet row group at most: what the driver reads (and holds) at a time
+GROUP_BYTES = 1 << 20  # ...and payload JSON per row group (a group is closed once it holds more): what
+# the driver buffers and reads back stays ~1 MB whatever the pairs per shard (64 shards of 500 pairs
+# are 8-30 MB of JSON; measured: with 4 MB groups the driver's peak grew 24 MB over 744 shards, with
+# 1 MB groups not at all)
 COLUMNS = ("index", "planned", "digest", "payload")
 DESCRIPTIONS = {
     "index": "shard number: the shard is <source>-<index:06d>.tar",
@@ -75,18 +80,24 @@ def write_plan(store: Store, config: BuildConfig, tasks: Iterable[ShardTask]) ->
     staged = os.path.join(store.scratch(layout.TMP_DIR), f"plan-{config.source}.{os.getpid()}.partial")
     refs: list[TaskRef] = []
     rows: list[tuple[int, int, str, str]] = []  # (index, planned, digest, payload JSON): ~0.3 KB a pair, not ~1 KB as objects
+    groups = 0
+    buffered = 0  # payload characters in rows
     try:
         with pq.ParquetWriter(staged, schema, compression="zstd") as writer:
             def flush() -> None:
-                group = len(refs) // ROWS_PER_GROUP if refs else 0
+                nonlocal groups, buffered
                 cols = list(zip(*rows))
                 writer.write_table(pa.table(dict(zip(COLUMNS, cols)), schema=schema), row_group_size=len(rows))
-                refs.extend(TaskRef(i, n, d, group) for i, n, d, _ in rows)
+                refs.extend(TaskRef(i, n, d, groups) for i, n, d, _ in rows)
                 rows.clear()
+                groups += 1
+                buffered = 0
 
             for task in tasks:
-                rows.append((task.index, task.planned, task_digest(task), json.dumps(task.payload, separators=(",", ":"))))
-                if len(rows) == ROWS_PER_GROUP:
+                payload = json.dumps(task.payload, separators=(",", ":"))
+                rows.append((task.index, task.planned, task_digest(task), payload))
+                buffered += len(payload)
+                if len(rows) == ROWS_PER_GROUP or buffered >= GROUP_BYTES:
                     flush()
             if rows:
                 flush()

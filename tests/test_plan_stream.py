@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from manifests import layout
 from manifests.storage import Store
 from pairgen.config import BuildConfig
-from pairgen.plan import DESCRIPTIONS, ROWS_PER_GROUP, load_plan, task_digest, write_plan
+from pairgen.plan import DESCRIPTIONS, GROUP_BYTES, ROWS_PER_GROUP, load_plan, task_digest, write_plan
 from pairgen.sources.base import ShardTask
 
 
@@ -67,6 +67,26 @@ def test_plan_is_written_as_a_stream_and_read_back_a_row_group_at_a_time(tmp_pat
     assert again.refs == plan.refs and [t.payload for t in again.tasks()] == [t.payload for t in got]
     assert load_plan(store, _config(tmp_path, seed=9)) is None  # another build's plan is not reused
 
+
+
+def test_row_groups_close_at_a_payload_size(tmp_path):
+    """Shards of many pairs: a row group holds fewer tasks, so the JSON the driver buffers (and later
+    reads back) stays about GROUP_BYTES whatever the pairs per shard; every task still reads back whole."""
+    cfg = _config(tmp_path)
+    store = Store(cfg.out)
+    per_task = GROUP_BYTES // 5 + 1000  # ~5 tasks a row group
+    tasks = [ShardTask("synthetic", i, 500, {"pairs": ["x" * (per_task - 20)], "i": i}) for i in [*range(1, 23), 0]]
+    plan = write_plan(store, cfg, iter(tasks))
+    f = pq.ParquetFile(store.path(layout.plan_tasks_rel("synthetic")))
+    sizes = [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)]
+    assert sizes == [5, 5, 5, 5, 3]  # a group closes with the task that takes it past GROUP_BYTES
+    written = [(g, t.index) for g, n in enumerate(sizes) for t in tasks[sum(sizes[:g]):sum(sizes[:g]) + n]]
+    assert sorted((r.group, r.index) for r in plan.refs) == sorted(written)  # each ref names its row group
+    by_index = {t.index: t for t in tasks}
+    assert [(t.index, t.payload) for t in plan.tasks()] == [(i, by_index[i].payload) for i in range(23)]
+    assert len(plan._group[1]) <= 5  # one row group held at a time
+    again = load_plan(store, cfg)  # the refs read back know their row groups
+    assert again.refs == plan.refs and [t.payload["i"] for t in again.tasks()] == list(range(23))
 
 def test_a_failed_plan_publishes_nothing(tmp_path):
     cfg = _config(tmp_path)

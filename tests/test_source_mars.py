@@ -121,6 +121,25 @@ def test_reader_cross_checks_the_info_table(mars, tmp_path):
                                                                    "names (file names used)")]
 
 
+
+def test_info_name_with_an_absurd_frame_number_marks_its_row_not_the_split(mars, tmp_path):
+    """A name list line whose F number does not fit a frame (> 2^31 - 1) is a bad name of its row:
+    that row is recorded and not used; the other rows and tracklets are read as before."""
+    truth = copy_fixture(mars, tmp_path / "MARS")
+    names = truth["root"] / "info" / "train_name.txt"
+    lines = names.read_text().splitlines()
+    i = next(k for k, n in enumerate(lines) if n.startswith("0001C2T0001F"))
+    lines[i] = "0001C2T0001F99999999999.jpg"
+    names.write_text("\n".join(lines) + "\n")
+    reader = MarsReader(str(truth["root"]))
+    table = reader.info("train")
+    assert table.problem is None and "0001C2T0001" not in table.listed and "0001C1T0001" in table.listed
+    unit = reader.load("0001C2T0001")
+    assert unit.frames == truth["tracklets"]["0001C2T0001"]
+    assert [(p, r) for p, r, _ in unit.skipped] == [("info row 3", "tracks_train_info.mat row disagrees with its "
+                                                                   "names (file names used)")]
+    assert reader.load("0001C1T0001").skipped == []
+
 # -- end to end ------------------------------------------------------------------------------
 def test_build_console_script_verify_and_ground_truth(mars, tmp_path):
     """The console script in a subprocess, then pairs, gaps, crops and silhouettes against the truth."""

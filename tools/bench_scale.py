@@ -5,7 +5,7 @@
                                 [--units K[,K...]] [--images N[,N...]]   (interhand: by image count)
                                 [--pairs-per-unit P] [--plan-processes 0] [--silhouette M] [--split S]
                                 [--workdir DIR] [--keep] [--json-out F] [--mem-cap-gb 12] [--timeout-s 1800]
-                                [--skip-worker] [--skip-resume] [--profile] [--code DIR]
+                                [--skip-worker] [--skip-resume] [--profile] [--trace-memory] [--code DIR]
                                 [--interhand-generator own|tools] [--posetrack-format pt18|pt21]
     python tools/bench_scale.py --report A.json,B.json      (one table from earlier --json-out files)
 
@@ -106,6 +106,42 @@ def _cpu_s(who=resource.RUSAGE_SELF) -> float:
     return r.ru_utime + r.ru_stime
 
 
+class _PeakTracer:
+    """``--trace-memory``: tracemalloc in the driver, and a thread that snapshots the allocations
+    whenever the traced total passes its last snapshot by 4 MB; :meth:`stop` gives the lines that
+    held most at the highest snapshot (slows the run: for finding what grows, not for timing)."""
+
+    def __init__(self):
+        import threading
+        import tracemalloc
+
+        self.tm = tracemalloc
+        tracemalloc.start(8)
+        self.best, self.snap, self.done = 0, None, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.done.wait(0.25):
+            cur, _ = self.tm.get_traced_memory()
+            if cur > self.best + (4 << 20):
+                self.best, self.snap = cur, self.tm.take_snapshot()
+
+    def stop(self, top: int = 15) -> dict:
+        self.done.set()
+        self.thread.join()
+        _, peak = self.tm.get_traced_memory()
+        out = {"traced_peak_mb": round(peak / 2**20, 1), "snapshot_mb": round(self.best / 2**20, 1), "top": []}
+        if self.snap is not None:
+            for st in self.snap.statistics("traceback")[:top]:
+                ours = [f for f in st.traceback if "/pairgen/" in f.filename or "/manifests/" in f.filename]
+                where = ours[-1] if ours else st.traceback[-1]
+                out["top"].append(f"{st.size / 2**20:.1f} MB in {st.count} blocks: {where.filename.split('/work/main/')[-1]}:"
+                                  f"{where.lineno} (allocated at {st.traceback[0].filename.rsplit('/', 1)[-1]}:{st.traceback[0].lineno})")
+        self.tm.stop()
+        return out
+
+
 def child_driver(spec: dict) -> dict:
     """run_build stopped where building starts; timers around check, plan and the reader."""
     t_import = time.perf_counter()
@@ -177,6 +213,7 @@ def child_driver(spec: dict) -> dict:
         raise _Stop()
 
     distribute.run_tasks = stop
+    tracer = _PeakTracer() if spec.get("trace_memory") else None
     profiler = None
     if spec.get("profile_out"):
         import cProfile
@@ -193,6 +230,8 @@ def child_driver(spec: dict) -> dict:
     except Exception as exc:  # noqa: BLE001 - reported
         error = f"{type(exc).__name__}: {exc}"[:2000]
     wall = time.perf_counter() - t0
+    if tracer is not None:
+        info["memory_at_peak"] = tracer.stop()
     if profiler is not None:
         profiler.disable()
         import io
@@ -436,7 +475,8 @@ def measure(source: str, label: str, units: int | None, images: int | None, args
     task = kdir / "first-task.pkl"
     profile = str(kdir / "profile-plan.txt") if args.profile else None
     row["git_plan"] = git_state()
-    row["plan"] = run_child("driver", {"config": config, "task_out": str(task), "profile_out": profile}, kdir,
+    row["plan"] = run_child("driver", {"config": config, "task_out": str(task), "profile_out": profile,
+                                       "trace_memory": args.trace_memory}, kdir,
                             args.mem_cap_gb, args.timeout_s)
     if profile and Path(profile).is_file():
         dest = workdir / f"profile-{source}-{label}.txt"
@@ -528,6 +568,11 @@ def table(source: str, rows: list[dict]) -> str:
             parts = ", ".join(f"{k} {v:.1f}" for k, v in q.get("timers_s", {}).items())
             lines.append(f"  resume: {parts or 'no timed part'}; to build {q.get('to_build_s')} s, "
                          f"cpu {q.get('cpu_s')} s (+children {q.get('children_cpu_s')} s)")
+        m = p.get("memory_at_peak")
+        if m:
+            lines.append(f"  driver memory (tracemalloc, Python allocations only): traced peak {m['traced_peak_mb']} MB; "
+                         f"at the highest snapshot ({m['snapshot_mb']} MB):")
+            lines.extend(f"    - {t}" for t in m["top"])
     lines.append("")
     lines.append("Worker skips (first shard):")
     for r in rows:
@@ -606,6 +651,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-worker", action="store_true")
     ap.add_argument("--skip-resume", action="store_true")
     ap.add_argument("--profile", action="store_true", help="cProfile the plan run (slows it; report the profile)")
+    ap.add_argument("--trace-memory", action="store_true",
+                    help="tracemalloc in the plan's driver: report what held most at its peak (slows it)")
     ap.add_argument("--code", default=None,
                     help="measure the pairgen in this directory instead of the working tree (e.g. `git archive "
                          "HEAD` unpacked there, with the commit in DIR/.bench_scale_commit)")

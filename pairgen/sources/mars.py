@@ -65,7 +65,9 @@ EXCLUDED_PIDS = ("00-1", "0000")  # junk (pid -1) and distractors (pid 0)
 NAME_RE = re.compile(r"^(\d{4}|00-1)C(\d)T(\d{4})F(\d{3,})\.jpg$", re.IGNORECASE)
 TRACK_RE = re.compile(r"^(\d{4})C(\d)T(\d{4})$")
 PID_RE = re.compile(r"^\d{4}$")
-PID_CACHE = 256  # pid folder listings kept (a full split's would be ~0.6M file names)
+PID_CACHE = 32  # pid folder listings kept (~1,000 names each; a full split's would be ~0.6M file names).
+# Units come in a seeded random order, so a larger cache would rarely be hit: it only grew with the dataset
+FRAME_MAX = np.iinfo(np.int32).max  # a larger F number is not a frame of MARS: the name counts as bad
 
 
 class ListedFrames(Mapping):
@@ -77,7 +79,7 @@ class ListedFrames(Mapping):
 
     def add(self, track: str, frames) -> None:
         have = self._frames.get(track)
-        new = np.unique(np.asarray(list(frames), np.int32))
+        new = np.unique(np.asarray(frames if isinstance(frames, np.ndarray) else list(frames), np.int32))
         self._frames[track] = new if have is None else np.union1d(have, new).astype(np.int32)
 
     def __getitem__(self, track: str) -> set[int]:
@@ -127,7 +129,8 @@ def read_info(info_dir: Path, split: str) -> InfoTable:
     """Parse ``info/<split>_name.txt`` + ``tracks_<split>_info.mat`` (both optional, never fatal).
 
     The name list is streamed: each line is given to the row whose [start, end] holds it, so memory
-    holds the rows (~8k) and the listed frame numbers (int32), not ~0.5M name strings."""
+    holds the rows (~8k) and the listed frame numbers (int32), not ~0.5M name strings; a row's frame
+    numbers are made an int32 array as soon as its last name has passed."""
     names_file, mat_file, var = INFO_FILES[split]
     table = InfoTable()
     names_path, mat_path = info_dir / names_file, info_dir / mat_file
@@ -175,7 +178,7 @@ def read_info(info_dir: Path, split: str) -> InfoTable:
             if not active:
                 continue
             m = NAME_RE.match(name)
-            key = f"{m.group(1)}C{m.group(2)}T{m.group(3)}" if m else None
+            key = f"{m.group(1)}C{m.group(2)}T{m.group(3)}" if m and int(m.group(4)) <= FRAME_MAX else None
             for r in active:
                 st = state[r]
                 if i == starts[r]:
@@ -189,6 +192,10 @@ def read_info(info_dir: Path, split: str) -> InfoTable:
             if next_end is None:
                 next_end = min(ends[r] for r in active)
             if i >= next_end:
+                for r in active:
+                    if ends[r] <= i:  # the row's last name: its frames, compact
+                        st = state[r]
+                        st.keys = {k: np.asarray(v, np.int32) for k, v in st.keys.items()}
                 active = [r for r in active if ends[r] > i]
                 next_end = None
     except OSError as exc:
