@@ -259,7 +259,7 @@ class IndexWriter:
         self.tmp.mkdir()
 
 
-FLUSH_ROWS = 5_000  # rows buffered (over all parts) before they are written: ~2 MB as Python tuples
+FLUSH_ROWS = 10_000  # rows buffered (over all parts) before they are written: ~4 MB as Python tuples
 
 
 class PartitionedSpill:
@@ -335,8 +335,10 @@ def stable_part(key: str, parts: int) -> int:
     return zlib.crc32(key.encode("utf-8", "surrogatepass")) % parts
 
 
-PARTITION_BYTES = 8 << 20  # source bytes per partition of a build (what one join step holds in memory;
-# measured on a 66 MB _data.json: 32 MB partitions peaked at 339 MB RSS, 8 MB ones at 226 MB, same speed)
+PARTITION_BYTES = 16 << 20  # source bytes per partition of a build (what one join step holds in memory).
+# Measured on the full-size 704 MB InterHand _data.json (with FLUSH_ROWS): 32 MB partitions built in
+# 84 s with a 358 MB peak RSS, 16 MB in 89-107 s / 298-308 MB, 8 MB in 124 s / 262 MB (more, smaller
+# batches); one or two runs each on 2 shared cores
 
 
 def partitions_for(size: int, target: int | None = None, most: int = 256) -> int:

@@ -296,8 +296,10 @@ def _data_rows(path: Path, w, items, streamed: bool = True) -> None:
         uniq, inv = np.unique(pairs, axis=0, return_inverse=True)
         names = seq_codes.dictionary.to_pylist()
         unit_part = np.array([aidx.stable_part(f"{c}/{names[s]}", parts) for c, s in uniq], np.int64)[inv.reshape(-1)]
-        for q in np.unique(unit_part):
-            units.write(int(q), joined.filter(pa.array(unit_part == q)))
+        order = np.argsort(unit_part, kind="stable")  # one sort, then a slice per part (rows keep their order)
+        grouped, cuts = joined.take(pa.array(order)), np.flatnonzero(np.diff(unit_part[order])) + 1
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(order)]):
+            units.write(int(unit_part[order[a]]), grouped.slice(int(a), int(b - a)))
         del ti, ta, joined, picked
         pa.default_memory_pool().release_unused()
     units.close()
