@@ -140,6 +140,16 @@ def test_info_name_with_an_absurd_frame_number_marks_its_row_not_the_split(mars,
                                                                    "names (file names used)")]
     assert reader.load("0001C1T0001").skipped == []
 
+
+def test_a_worker_reads_the_info_table_of_its_tracklets_split_only(mars):
+    """A tracklet on disk is placed by its folder: loading it parses that split's info table alone
+    (each table is ~0.5M names at full size)."""
+    for split in ("train", "test"):
+        track = next(t for t in sorted(mars["tracklets"]) if mars["images"][(t, 1)]["split"] == split)
+        reader = MarsReader(str(mars["root"]))
+        unit = reader.load(track)
+        assert unit.split == split and set(reader._info) == {split}
+
 # -- end to end ------------------------------------------------------------------------------
 def test_build_console_script_verify_and_ground_truth(mars, tmp_path):
     """The console script in a subprocess, then pairs, gaps, crops and silhouettes against the truth."""

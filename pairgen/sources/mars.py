@@ -307,9 +307,13 @@ class MarsReader(Reader):
         return sorted(out.items())
 
     def _split_of(self, track: str) -> str | None:
+        """The split whose folder holds the tracklet's images, else whose info table lists it: a worker
+        parses the info table of its tracklets' split only (a name in both splits is refused by
+        :meth:`unit_names`)."""
         for split in self._splits():
             if track in self._files(split, track[:4]):
                 return split
+        for split in self._splits():
             table = self.info(split)
             if table.problem is None and track in table.listed:
                 return split
