@@ -525,14 +525,14 @@ def _observe(cm: CameraModel, cam: str, rows: list, world: dict, valid3: dict, m
         if ann.get("hand_type_valid") and ann.get("hand_type") in HANDS:
             only[i] = ann["hand_type"]
     per_hand = []
-    for hi in range(len(HANDS)):
-        sl = slice(21 * hi, 21 * hi + 21)
+    for k in range(len(HANDS)):
+        sl = slice(21 * k, 21 * k + 21)
         okh, pts = ok[:, sl], uv[:, sl]
         kps = np.concatenate([pts, okh[..., None].astype(np.float64)], axis=2)
         kps[~okh, :2] = 0.0
-        lo = np.where(okh[..., None], pts, np.inf).min(1)
-        hi_ = np.where(okh[..., None], pts, -np.inf).max(1)
-        box = np.concatenate([lo, hi_], axis=1)  # [n, 4]: x0, y0, x1, y1
+        top_left = np.where(okh[..., None], pts, np.inf).min(1)
+        bottom_right = np.where(okh[..., None], pts, -np.inf).max(1)
+        box = np.concatenate([top_left, bottom_right], axis=1)  # [n, 4]: x0, y0, x1, y1
         per_hand.append((okh.sum(1) >= min_joints, kps, box))
     for i, fr in enumerate(frames):
         for hand, (enough, kps, box) in zip(HANDS, per_hand):
